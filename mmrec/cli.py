@@ -1,4 +1,9 @@
-"""The `mmrec` command. Each subcommand lives in its own module under mmrec/commands/."""
+"""The `mmrec` command: the composition root of the project.
+
+Each subcommand lives in its own module (library commands under mmrec/commands/, streaming ones under
+worker/) and is named here by module path; only this dispatcher may reach into worker/, so the rest
+of mmrec never imports faust.
+"""
 from __future__ import annotations
 
 import argparse
