@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 Readout = Literal["spanning", "per_channel"]
 
@@ -116,6 +116,38 @@ class ParamLayout:
         return torch.cat([blocks[name].reshape(u, -1) for name in self.shapes], dim=1)
 
 
+class UserTables(nn.Module):
+    """Per-user offsets as embedding tables keyed by user index (claims 6 and 7).
+
+    Table 1 (interest) holds K and the channel factor c, table 2 (attention) holds Q, with separate
+    weight matrices; two small tables hold the fusion weights r and the user bias. forward(users)
+    returns the flat (U, P) offsets that ParamLayout.split names.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_users: int) -> None:
+        super().__init__()
+        self.layout = ParamLayout(cfg)
+        n, m = cfg.n_layers, cfg.kernel_size
+        self.interest = nn.Embedding(num_users, n * m * m + n * cfg.channel_factor_size)
+        self.attention = nn.Embedding(num_users, n * m * m)
+        self.fusion = nn.Embedding(num_users, n)
+        self.bias = nn.Embedding(num_users, 1)
+        for table in (self.interest, self.attention, self.fusion, self.bias):
+            nn.init.zeros_(table.weight)
+
+    def forward(self, users: Tensor) -> Tensor:
+        """users (U,) long -> offsets (U, P)."""
+        n, m = self.layout.cfg.n_layers, self.layout.cfg.kernel_size
+        interest = self.interest(users)
+        return self.layout.join(
+            interest=interest[:, : n * m * m],
+            channel=interest[:, n * m * m :],
+            attention=self.attention(users),
+            fusion=self.fusion(users),
+            bias=self.bias(users),
+        )
+
+
 @dataclass
 class SharedParams:
     """Parameters shared by all users; frozen during the online step.
@@ -153,6 +185,9 @@ class SharedParams:
             visual_bias=torch.zeros(n, d),
             global_bias=torch.zeros(()),
         )
+
+    def to(self, dtype: torch.dtype) -> SharedParams:
+        return SharedParams(**{name: t.to(dtype) for name, t in self.tensors().items()})
 
     def tensors(self) -> dict[str, Tensor]:
         return {
