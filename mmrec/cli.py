@@ -14,19 +14,24 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("mmrec.commands.extract", "extract and store CNN feature maps of images and videos"),
     "demo": ("mmrec.commands.demo", "run the main job on the embedded default"),
+    "schemas": ("mmrec.commands.schemas", "write or check the JSON Schemas of the topic messages"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmrec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(cmd)
-        cmd.set_defaults(run=module.run)
-    args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        module_name, help_text = COMMANDS[argv[0]]
+        module = importlib.import_module(module_name)  # only the command that runs is imported
+        parser = argparse.ArgumentParser(prog=f"mmrec {argv[0]}", description=help_text)
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(argv[1:])) or 0)
+    parser = argparse.ArgumentParser(prog="mmrec", description="mmrec: a streaming visual-taste recommender.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text)
+    parser.parse_args(argv)  # prints usage or the error for an unknown command
+    return 2
 
 
 if __name__ == "__main__":
