@@ -23,6 +23,7 @@ class OnlineConfig:
     l2: float = 1e-3  # pull of each step toward the prior (offsets toward zero)
     epsilon: float = 1e-6  # Adagrad's floor on the accumulated squared gradient
     recent_events: int = 16  # event-id hashes kept per user for duplicate detection
+    seen_media: int = 32  # media a user engaged with, kept to leave them out of recommendations
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,12 @@ class OnlineLearner:
         partition: int = -1,
         position: int = -1,
         now: float = 0.0,
+        engaged_media: str | None = None,
     ) -> StepResult:
-        """One update from one event; a duplicate (same id or an already applied position) is a no-op."""
+        """One update from one event; a duplicate (same id or an already applied position) is a no-op.
+
+        engaged_media: the event's media when the user engaged with it (not a mere impression).
+        """
         if state.has_applied(event_id, partition, position):
             return StepResult(state=state, loss=float("nan"), applied=False)
         offsets = state.offsets.detach().clone().requires_grad_(True)
@@ -89,6 +94,7 @@ class OnlineLearner:
             partition=partition if partition >= 0 else state.partition,
             position=position if partition >= 0 else state.position,
             updated_at=now,
-            recent=state.remember(event_id, self.online.recent_events),
+            recent=state.remember_event(event_id, self.online.recent_events),
+            seen=state.seen if engaged_media is None else state.remember_media(engaged_media, self.online.seen_media),
         )
         return StepResult(state=new_state, loss=float(loss.detach()), applied=True)

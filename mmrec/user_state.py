@@ -2,8 +2,10 @@
 
 Layout of the bytes, little-endian:
     header  magic b"MMU1" | n_layers u8 | kernel u8 | channels u16 | readout u8 | params u32 |
-            version u64 | partition i32 | position i64 | updated_at f64 | recent count u16
+            version u64 | partition i32 | position i64 | updated_at f64 | recent count u16 |
+            seen count u16
     recent  u64 x count      hashes of the most recently applied event ids (oldest first)
+    seen    u64 x count      hashes of the media the user most recently engaged with (oldest first)
     offsets f32 x params     the user's offsets from the shared prior (see model.ParamLayout)
     accum   f32 x params     Adagrad accumulators of the online step
 """
@@ -20,7 +22,7 @@ from torch import Tensor
 from mmrec.model import ModelConfig, ParamLayout
 
 MAGIC = b"MMU1"
-_HEADER = struct.Struct("<4sBBHBIQiqdH")
+_HEADER = struct.Struct("<4sBBHBIQiqdHH")
 _READOUTS = {"spanning": 0, "per_channel": 1}
 
 
@@ -28,9 +30,15 @@ class CorruptUserState(ValueError):
     """The bytes are not a user state of this model's shape."""
 
 
-def event_hash(event_id: str) -> int:
-    """A stable 64-bit hash of an event id (the same on every worker and run)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+def id_hash(identifier: str) -> int:
+    """A stable 64-bit hash of an event or media id (the same on every worker and run)."""
+    return int.from_bytes(hashlib.blake2b(identifier.encode(), digest_size=8).digest(), "little")
+
+
+def _push(ring: tuple[int, ...], value: int, keep: int) -> tuple[int, ...]:
+    """The ring with value appended (moved to the end if present), holding at most `keep` entries."""
+    kept = tuple(h for h in ring if h != value) + (value,)
+    return kept[-keep:] if keep > 0 else ()
 
 
 @dataclass
@@ -39,6 +47,7 @@ class UserState:
 
     partition/position: the source partition and offset of the last applied event (-1: none);
     recent: hashes of recently applied event ids. Together they make updates idempotent.
+    seen: hashes of media the user engaged with recently, left out of their recommendations.
     """
 
     offsets: Tensor
@@ -48,6 +57,7 @@ class UserState:
     position: int = -1
     updated_at: float = 0.0
     recent: tuple[int, ...] = field(default_factory=tuple)
+    seen: tuple[int, ...] = field(default_factory=tuple)
 
     @classmethod
     def new(cls, cfg: ModelConfig) -> UserState:
@@ -59,12 +69,15 @@ class UserState:
         """True if this event was already applied (redelivered or re-sent)."""
         if partition == self.partition and 0 <= position <= self.position:
             return True
-        return event_hash(event_id) in self.recent
+        return id_hash(event_id) in self.recent
 
-    def remember(self, event_id: str, keep: int) -> tuple[int, ...]:
-        """The recent-event ring after applying this event, holding at most `keep` hashes."""
-        ring = (*self.recent, event_hash(event_id))
-        return ring[-keep:] if keep > 0 else ()
+    def remember_event(self, event_id: str, keep: int) -> tuple[int, ...]:
+        """The recent-event ring after applying this event."""
+        return _push(self.recent, id_hash(event_id), keep)
+
+    def remember_media(self, media_id: str, keep: int) -> tuple[int, ...]:
+        """The seen-media ring after an engagement with this media."""
+        return _push(self.seen, id_hash(media_id), keep)
 
 
 def encode_user_state(state: UserState, cfg: ModelConfig) -> bytes:
@@ -83,27 +96,28 @@ def encode_user_state(state: UserState, cfg: ModelConfig) -> bytes:
         state.position,
         state.updated_at,
         len(state.recent),
+        len(state.seen),
     )
-    recent = np.asarray(state.recent, dtype="<u8").tobytes()
+    rings = np.asarray((*state.recent, *state.seen), dtype="<u8").tobytes()
     offsets = state.offsets.detach().to(torch.float32).numpy().astype("<f4").tobytes()
     accum = state.accum.detach().to(torch.float32).numpy().astype("<f4").tobytes()
-    return header + recent + offsets + accum
+    return header + rings + offsets + accum
 
 
 def decode_user_state(data: bytes, cfg: ModelConfig) -> UserState:
     """Inverse of encode_user_state; raises CorruptUserState on anything that does not fit."""
     if len(data) < _HEADER.size:
         raise CorruptUserState(f"user state too short: {len(data)} bytes")
-    magic, n, m, d, readout, size, version, partition, position, updated_at, count = _HEADER.unpack_from(data)
+    magic, n, m, d, readout, size, version, partition, position, updated_at, n_recent, n_seen = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CorruptUserState(f"not a user state (magic {magic!r})")
     expected = (cfg.n_layers, cfg.kernel_size, cfg.channels, _READOUTS[cfg.readout], ParamLayout(cfg).size)
     if (n, m, d, readout, size) != expected:
         raise CorruptUserState(f"user state of another model shape {(n, m, d, readout, size)} != {expected}")
-    body = _HEADER.size
+    body, count = _HEADER.size, n_recent + n_seen
     if len(data) != body + 8 * count + 8 * size:
         raise CorruptUserState(f"user state has {len(data)} bytes, expected {body + 8 * count + 8 * size}")
-    recent = np.frombuffer(data, dtype="<u8", count=count, offset=body)
+    rings = [int(h) for h in np.frombuffer(data, dtype="<u8", count=count, offset=body)]
     floats = np.frombuffer(data, dtype="<f4", count=2 * size, offset=body + 8 * count).copy()
     if not np.isfinite(floats).all():
         raise CorruptUserState("user state holds non-finite numbers")
@@ -115,5 +129,6 @@ def decode_user_state(data: bytes, cfg: ModelConfig) -> UserState:
         partition=partition,
         position=position,
         updated_at=updated_at,
-        recent=tuple(int(h) for h in recent),
+        recent=tuple(rings[:n_recent]),
+        seen=tuple(rings[n_recent:]),
     )

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmrec.model import ModelConfig, ParamLayout
-from mmrec.user_state import CorruptUserState, UserState, decode_user_state, encode_user_state, event_hash
+from mmrec.user_state import CorruptUserState, UserState, decode_user_state, encode_user_state, id_hash
 
 CFG = ModelConfig()
 
@@ -20,7 +20,8 @@ def sample_state() -> UserState:
         partition=3,
         position=987654321,
         updated_at=1764100000.25,
-        recent=(event_hash("a"), event_hash("b")),
+        recent=(id_hash("a"), id_hash("b")),
+        seen=(id_hash("m1"),),
     )
 
 
@@ -28,12 +29,13 @@ def test_round_trip_is_bit_exact():
     state = sample_state()
     back = decode_user_state(encode_user_state(state, CFG), CFG)
     assert torch.equal(back.offsets, state.offsets) and torch.equal(back.accum, state.accum)
-    assert (back.version, back.partition, back.position, back.updated_at, back.recent) == (
+    assert (back.version, back.partition, back.position, back.updated_at, back.recent, back.seen) == (
         state.version,
         state.partition,
         state.position,
         state.updated_at,
         state.recent,
+        state.seen,
     )
 
 
@@ -42,7 +44,7 @@ def test_encoding_is_compact_and_not_pickle():
     data = encode_user_state(state, CFG)
     params = ParamLayout(CFG).size
     assert data[:4] == b"MMU1"
-    assert len(data) == 43 + 8 * len(state.recent) + 8 * params  # header + ring + two float32 vectors
+    assert len(data) == 45 + 8 * (len(state.recent) + len(state.seen)) + 8 * params  # header, rings, 2 vectors
     assert params == CFG.n_layers * (2 * CFG.kernel_size**2 + CFG.channels + 1) + 1
 
 
@@ -58,7 +60,7 @@ def test_new_user_is_the_cold_start_prior():
         lambda b: b"XXXX" + b[4:],
         lambda b: b[:-1],
         lambda b: b + b"\0",
-        lambda b: b[:43] + b"\xff" * (len(b) - 43),  # NaNs
+        lambda b: b[:45] + b"\xff" * (len(b) - 45),  # NaNs
     ],
     ids=["short", "magic", "truncated", "trailing", "non-finite"],
 )
@@ -79,4 +81,6 @@ def test_duplicate_detection_by_position_and_by_event_id():
     assert not state.has_applied("new", partition=3, position=987654322)
     assert not state.has_applied("new", partition=4, position=5)  # another partition's offsets say nothing
     assert state.has_applied("a", partition=4, position=5)  # a re-sent event id
-    assert state.remember("c", keep=2) == (event_hash("b"), event_hash("c"))
+    assert state.remember_event("c", keep=2) == (id_hash("b"), id_hash("c"))
+    assert state.remember_media("m2", keep=2) == (id_hash("m1"), id_hash("m2"))
+    assert state.remember_media("m1", keep=2) == (id_hash("m1"),)  # a repeat moves to the end, no copy
