@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("mmrec.commands.extract", "extract and store CNN feature maps of images and videos"),
+    "fit-projection": ("mmrec.commands.fit_projection", "fit the per-layer PCA channel projection (rebuilds the shipped default)"),
     "demo": ("mmrec.commands.demo", "run the main job on the embedded default"),
     "schemas": ("mmrec.commands.schemas", "write or check the JSON Schemas of the topic messages"),
 }

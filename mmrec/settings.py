@@ -26,9 +26,13 @@ class ExtractionSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the CNN runs; 'auto' takes CUDA when present.")
     input_size: int = Field(224, ge=32, le=1024, description="Square input side the backbone sees, in pixels.")
     max_grid: int = Field(14, ge=1, le=128, description="Stored maps are average-pooled to at most this many cells per side.")
-    extract_batch_size: int = Field(16, ge=1, le=1024, description="Images (or video frames) per CNN forward pass.")
+    extract_batch_size: int = Field(16, ge=1, le=1024, description="Images (or video frames) per CNN forward pass; a part-filled pass is padded to this size so features do not depend on batch company (1 = lowest latency).")
     video_frames: int = Field(8, ge=1, le=64, description="Evenly spaced frames sampled from a video.")
     video_keyframes: int = Field(4, ge=0, le=64, description="Keyframes added to the evenly spaced ones (at most).")
+    max_media_bytes: int = Field(100_000_000, ge=1, description="Media larger than this many bytes are refused (MediaTooLarge).")
+    max_pixels: int = Field(64_000_000, ge=1, description="Images or video frames whose header declares more pixels are refused before decoding (decompression bombs).")
+    max_video_seconds: float = Field(600.0, gt=0, description="Videos longer than this are refused.")
+    max_video_frames: int = Field(36_000, ge=1, description="Videos with more frames than this are refused.")
 
 
 class Settings(ModelSettings, ExtractionSettings, BaseSettings):

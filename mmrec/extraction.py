@@ -1,0 +1,146 @@
+"""Media bytes -> ItemFeatures: decode, frozen backbone, per-layer projection, pooling, fp16.
+
+For each item (shapes at the defaults N = 3, d = 8, input 224, max_grid 14):
+
+    frames   (F, S, S, 3) uint8          media.decode; F = 1 for an image, <= frames + keyframes for a video
+    F_j      (F, C_j, H_j, W_j)          backbone taps, e.g. C = 32, 96, 320 at H = 28, 14, 7
+    P_j      (F, d, H_j, W_j)            whitened PCA projection (a 1x1 conv)
+    G_j      (F, d, h_j, w_j)            adaptive average pool to h_j = min(H_j, max_grid): 14, 14, 7
+    maps[j]  (d, h_j, w_j) float16       mean of G_j over the item's F frames
+
+Frames of all items in a call share batched forward passes in channels_last layout. Every pass has
+exactly extract_batch_size frames (a short chunk is padded with black frames that are dropped after):
+oneDNN picks its kernels, and with them the summation order, by tensor shape, so a lone image and
+the same image in a batch of two differed by 1 fp16 ulp at 64 px. With the shape fixed, the same
+bytes give bit-identical features on the CPU whatever else travels in the batch, and wherever.
+The price is latency for a part-filled batch; extract_batch_size = 1 is the low-latency setting.
+Everything heavy (Pillow and FFmpeg decoding, torch) releases the GIL, so calling extract_many
+from an executor thread leaves an event loop responsive.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmrec.backbone import WEIGHTS_NAME, MobileNetV2, backbone_id, default_taps, load_backbone
+from mmrec.features import FeatureVersion, ItemFeatures
+from mmrec.media import DecodedMedia, MediaError, MediaLimits, decode
+from mmrec.projection import Projection, default_projection_path
+from mmrec.settings import Settings
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class FeatureExtractor:
+    """Turns media bytes into ItemFeatures under one FeatureVersion (see the module docstring)."""
+
+    def __init__(self, settings: Settings, projection: Projection | None = None, backbone: MobileNetV2 | None = None) -> None:
+        self.taps = default_taps(settings.n_layers)
+        self.channels = settings.channels
+        self.input_size = settings.input_size
+        self.batch_size = settings.extract_batch_size
+        self.video_frames = settings.video_frames
+        self.video_keyframes = settings.video_keyframes
+        self.limits = MediaLimits(
+            max_bytes=settings.max_media_bytes,
+            max_pixels=settings.max_pixels,
+            max_video_seconds=settings.max_video_seconds,
+            max_video_frames=settings.max_video_frames,
+        )
+        self.device = resolve_device(settings.device)
+        backbone = backbone or load_backbone(self.taps)
+        if backbone.taps != self.taps:
+            raise ValueError(f"backbone taps {backbone.taps} != {self.taps} for n_layers={settings.n_layers}")
+        self.backbone = backbone.to(self.device, memory_format=torch.channels_last)
+        projection = projection or Projection.load(default_projection_path())
+        if projection.meta.get("weights") != WEIGHTS_NAME:
+            raise ValueError(f"projection was fitted on {projection.meta.get('weights')!r}, not {WEIGHTS_NAME}")
+        self._projections: list[tuple[Tensor, Tensor]] = []
+        for block, c in zip(self.taps, backbone.channels):
+            layer = projection.layer(block)
+            if layer.channels != c:
+                raise ValueError(f"projection of block {block} expects {layer.channels} channels, the backbone gives {c}")
+            if self.channels > layer.components.shape[0]:
+                raise ValueError(
+                    f"channels={self.channels} exceeds the {layer.components.shape[0]} principal components of "
+                    f"block {block} ({c} channels), tapped at n_layers={settings.n_layers}"
+                )
+            weight, bias = layer.affine(self.channels)  # (d, C), (d,)
+            self._projections.append((weight[:, :, None, None].to(self.device), bias.to(self.device)))
+        self.version = FeatureVersion(backbone_id(self.taps, self.input_size), projection.version(self.channels))
+        with torch.inference_mode():
+            probe = self.backbone(torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8, device=self.device))
+        self.shapes = tuple(
+            (self.channels, min(f.shape[2], settings.max_grid), min(f.shape[3], settings.max_grid)) for f in probe
+        )
+
+    def extract(self, media_id: str, data: bytes) -> ItemFeatures:
+        """One item; raises the MediaError that decoding raised."""
+        result = self.extract_many([(media_id, data)])[0]
+        if isinstance(result, MediaError):
+            raise result
+        return result
+
+    def extract_many(self, items: Sequence[tuple[str, bytes]]) -> list[ItemFeatures | MediaError]:
+        """(media_id, bytes) pairs -> features, or the MediaError of each item that failed, in order."""
+        results: dict[int, ItemFeatures | MediaError] = {}
+        decoded: list[tuple[int, DecodedMedia]] = []
+        for i, (_, data) in enumerate(items):
+            try:
+                decoded.append((i, self.decode(data)))
+            except MediaError as exc:
+                results[i] = exc
+        if decoded:
+            counts = torch.tensor([m.frames.shape[0] for _, m in decoded])
+            maps = self.frame_maps(np.concatenate([m.frames for _, m in decoded]))
+            owner = torch.repeat_interleave(torch.arange(len(decoded)), counts)  # (T,) item of each frame
+            means = [
+                torch.zeros(len(decoded), *m.shape[1:]).index_add_(0, owner, m).div_(counts.view(-1, 1, 1, 1)).half()
+                for m in maps
+            ]  # N x (I, d, h_j, w_j)
+            now = time.time()
+            for k, (i, media) in enumerate(decoded):
+                results[i] = ItemFeatures(
+                    media_id=items[i][0],
+                    media_type=media.kind,
+                    maps=tuple(m[k].clone() for m in means),
+                    version=self.version,
+                    created_at=now,
+                    frames=media.frames.shape[0],
+                    extra={"format": media.format, "source": f"{media.width}x{media.height}"},
+                )
+        return [results[i] for i in range(len(items))]
+
+    def decode(self, data: bytes) -> DecodedMedia:
+        """Bytes -> frames (F, S, S, 3) under this extractor's size and limits."""
+        return decode(data, self.input_size, self.limits, self.video_frames, self.video_keyframes)
+
+    def frame_maps(self, frames: np.ndarray) -> list[Tensor]:
+        """uint8 frames (T, S, S, 3) -> N x float32 (T, d, h_j, w_j) on the CPU, one map per frame."""
+        out = [torch.empty(frames.shape[0], *shape) for shape in self.shapes]
+        with torch.inference_mode():
+            for start in range(0, frames.shape[0], self.batch_size):
+                chunk = frames[start : start + self.batch_size]
+                n = chunk.shape[0]
+                if n < self.batch_size:  # fixed shape -> fixed kernels -> batch-invariant bits
+                    chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *chunk.shape[1:]), np.uint8)])
+                x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2)  # NHWC memory = channels_last
+                for j, (f, (weight, bias)) in enumerate(zip(self.backbone(x), self._projections)):
+                    grid = self.shapes[j][1:]
+                    y = F.conv2d(f, weight, bias)  # (B, d, H_j, W_j); all B rows: shape fixed
+                    if y.shape[2:] != grid:
+                        y = F.adaptive_avg_pool2d(y, grid)
+                    out[j][start : start + n] = y[:n]
+        return out
