@@ -17,7 +17,7 @@ from mmrec.model import ModelConfig, Readout
 class ModelSettings(BaseModel):
     n_layers: int = Field(3, ge=1, le=5, description="N, conv layers of the backbone tapped for features.")
     kernel_size: int = Field(3, ge=1, le=7, description="m, width of the per-user interest and attention kernels (odd).")
-    channels: int = Field(8, ge=1, le=64, description="d, channels per layer after the channel projection.")
+    channels: int = Field(8, ge=1, le=32, description="d, channels per layer after the channel projection (at most the narrowest tapped layer: 32 for N <= 3, 24 beyond).")
     pool: int = Field(2, ge=1, le=4, description="p, max-pool window and stride (claim 4).")
     readout: Readout = Field("spanning", description="'spanning' (kernel = user channel factor x K) or 'per_channel' (K per channel, max over channels).")
 
@@ -26,7 +26,7 @@ class ExtractionSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the CNN runs; 'auto' takes CUDA when present.")
     input_size: int = Field(224, ge=32, le=1024, description="Square input side the backbone sees, in pixels.")
     max_grid: int = Field(14, ge=1, le=128, description="Stored maps are average-pooled to at most this many cells per side.")
-    extract_batch_size: int = Field(16, ge=1, le=1024, description="Images (or video frames) per CNN forward pass; a part-filled pass is padded to this size so features do not depend on batch company (1 = lowest latency).")
+    extract_batch_size: int = Field(8, ge=1, le=1024, description="Images (or video frames) per CNN forward pass; a part-filled pass is padded to this size so features do not depend on batch company (1 = lowest latency).")
     video_frames: int = Field(8, ge=1, le=64, description="Evenly spaced frames sampled from a video.")
     video_keyframes: int = Field(4, ge=0, le=64, description="Keyframes added to the evenly spaced ones (at most).")
     max_media_bytes: int = Field(100_000_000, ge=1, description="Media larger than this many bytes are refused (MediaTooLarge).")
