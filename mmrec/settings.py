@@ -17,7 +17,7 @@ from mmrec.model import ModelConfig, Readout
 class ModelSettings(BaseModel):
     n_layers: int = Field(3, ge=1, le=5, description="N, conv layers of the backbone tapped for features.")
     kernel_size: int = Field(3, ge=1, le=7, description="m, width of the per-user interest and attention kernels (odd).")
-    channels: int = Field(8, ge=1, le=32, description="d, channels per layer after the channel projection (at most the narrowest tapped layer: 32 for N <= 3, 24 beyond).")
+    channels: int = Field(8, ge=1, le=64, description="d, channels per layer after the channel projection (at most the narrowest tapped layer has: 32 for N = 2-3, 24 for N = 4-5).")
     pool: int = Field(2, ge=1, le=4, description="p, max-pool window and stride (claim 4).")
     readout: Readout = Field("spanning", description="'spanning' (kernel = user channel factor x K) or 'per_channel' (K per channel, max over channels).")
 
