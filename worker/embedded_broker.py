@@ -191,12 +191,15 @@ class EmbeddedBroker:
                 last_error = exc
                 self._kill()
                 if not isinstance(exc, BrokerError):
+                    self._remove_tmpdir()
                     raise
+        self._remove_tmpdir()  # the error carries the log's tail
         raise BrokerError(f"could not start tansu: {last_error}") from last_error
 
     def stop(self) -> None:
         """Stop by PID: SIGTERM to the process group, SIGKILL after `stop_grace` seconds. Idempotent."""
         self._kill()
+        self._remove_tmpdir()
         _LIVE.discard(self)
 
     def ping(self, timeout: float = 1.0) -> bool:
@@ -298,6 +301,8 @@ class EmbeddedBroker:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._proc = None
+
+    def _remove_tmpdir(self) -> None:
         if self._tmpdir is not None:  # our own temporary log; a caller's log_path is kept
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
