@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,8 +32,14 @@ class FeatureStore(Protocol):
     def put(self, item: ItemFeatures) -> None:
         """Insert or replace one item."""
 
-    def put_many(self, items: Iterable[ItemFeatures]) -> None:
-        """Insert or replace items atomically: all are stored or (on an error) none."""
+    def put_many(self, items: Iterable[ItemFeatures], checkpoints: Mapping[str, int] | None = None) -> None:
+        """Insert or replace items atomically: all are stored or (on an error) none.
+
+        checkpoints: source positions (e.g. "topic/partition" -> next offset) committed with them.
+        """
+
+    def checkpoints(self) -> dict[str, int]:
+        """The source positions stored by put_many."""
 
     def get(self, media_id: str) -> ItemFeatures | None:
         """The item, or None when absent."""
@@ -74,17 +80,23 @@ class MemoryFeatureStore:
 
     def __init__(self) -> None:
         self._records: dict[str, tuple[FeatureVersion, bytes]] = {}
+        self._checkpoints: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     def put(self, item: ItemFeatures) -> None:
         self.put_many([item])
 
-    def put_many(self, items: Iterable[ItemFeatures]) -> None:
+    def put_many(self, items: Iterable[ItemFeatures], checkpoints: Mapping[str, int] | None = None) -> None:
         encoded = [(item.media_id, item.version, encode_item(item)) for item in items]
         with self._open():
             for media_id, version, record in encoded:
                 self._records[media_id] = (version, record)
+            self._checkpoints.update(checkpoints or {})
+
+    def checkpoints(self) -> dict[str, int]:
+        with self._open():
+            return dict(self._checkpoints)
 
     def get(self, media_id: str) -> ItemFeatures | None:
         with self._open():
@@ -157,6 +169,7 @@ _SCHEMA = (
         record     BLOB NOT NULL  -- item_codec record; last, so metadata reads skip its overflow pages
     )""",
     "CREATE INDEX IF NOT EXISTS items_version ON items (backbone, projection)",
+    "CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY NOT NULL, position INTEGER NOT NULL)",
 )
 _SCHEMA_VERSION = 1
 # Measured (benchmarks/bench_storage.py): same bytes on disk as 4 KiB pages, faster batch writes and
@@ -169,6 +182,7 @@ ON CONFLICT (media_id) DO UPDATE SET
     backbone = excluded.backbone, projection = excluded.projection,
     created_at = excluded.created_at, nbytes = excluded.nbytes, record = excluded.record
 """
+_CHECKPOINT = "INSERT INTO checkpoints (source, position) VALUES (?, ?) ON CONFLICT (source) DO UPDATE SET position = excluded.position"
 _PAGE = 256  # rows per query while streaming
 _IN_CHUNK = 500  # ids per IN (...) lookup, below SQLite's bound-parameter limit
 
@@ -215,7 +229,7 @@ class SqliteFeatureStore:
     def put(self, item: ItemFeatures) -> None:
         self.put_many([item])
 
-    def put_many(self, items: Iterable[ItemFeatures]) -> None:
+    def put_many(self, items: Iterable[ItemFeatures], checkpoints: Mapping[str, int] | None = None) -> None:
         rows = []
         for item in items:
             record = encode_item(item)
@@ -224,6 +238,10 @@ class SqliteFeatureStore:
         conn = self._conn()
         with self._transaction(conn):
             conn.executemany(_UPSERT, rows)
+            conn.executemany(_CHECKPOINT, list((checkpoints or {}).items()))
+
+    def checkpoints(self) -> dict[str, int]:
+        return dict(self._conn().execute("SELECT source, position FROM checkpoints"))
 
     def get(self, media_id: str) -> ItemFeatures | None:
         row = self._conn().execute("SELECT record FROM items WHERE media_id = ?", (media_id,)).fetchone()

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mmrec.model import ModelConfig, Readout
+from mmrec.online import OnlineConfig
 
 
 class ModelSettings(BaseModel):
@@ -35,7 +36,92 @@ class ExtractionSettings(BaseModel):
     max_video_frames: int = Field(36_000, ge=1, description="Videos with more frames than this are refused.")
 
 
-class Settings(ModelSettings, ExtractionSettings, BaseSettings):
+class LearningSettings(BaseModel):
+    learning_rate: float = Field(0.1, gt=0, le=10, description="Step size of the online Adagrad step.")
+    l2: float = Field(1e-3, ge=0, le=10, description="Pull of each online step toward the shared prior.")
+    negatives: int = Field(4, ge=0, le=256, description="Catalogue items sampled as negatives for each positive event.")
+    recent_events: int = Field(16, ge=1, le=1024, description="Event ids remembered per user to skip re-sent events.")
+    seen_media: int = Field(32, ge=0, le=1024, description="Media a user engaged with, kept out of their recommendations.")
+    pending_limit: int = Field(64, ge=1, le=10_000, description="Events per user that may wait for their media's features; beyond, they are dead-lettered.")
+    pending_max_wait_s: float = Field(3600.0, gt=0, description="How long an event waits for its media's features before it is dead-lettered.")
+
+    def online_config(self) -> OnlineConfig:
+        return OnlineConfig(
+            learning_rate=self.learning_rate,
+            l2=self.l2,
+            recent_events=self.recent_events,
+            seen_media=self.seen_media,
+        )
+
+
+class RecommendSettings(BaseModel):
+    top_k: int = Field(20, ge=1, le=1000, description="Items in each published recommendation list.")
+    refresh_debounce_ms: float = Field(20.0, ge=0, le=60_000, description="Events of one user closer than this are answered with one refresh.")
+    refresh_batch: int = Field(64, ge=1, le=4096, description="Users scored together in one refresh batch.")
+    active_user_window_s: float = Field(3600.0, ge=0, description="Users active this recently get a refresh when new media arrive.")
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str | None = Field(None, description="Comma-separated host:port list; unset = the embedded broker (demo only).")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="How the worker talks to the brokers.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field("SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (or use sasl_password_file); never logged.")
+    sasl_password_file: Path | None = Field(None, description="File holding the SASL password (e.g. a mounted Secret).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client key for mutual TLS.")
+    client_id: str = Field("mmrec", description="Kafka client id (shows in broker logs and quotas).")
+    group_id: str = Field("mmrec", description="Consumer group of the workers; also prefixes internal topics.")
+    group_instance_id: str | None = Field(None, description="Static group membership id (e.g. the pod name) for fast restarts.")
+    session_timeout_s: float = Field(10.0, gt=0, le=300, description="Consumer group session timeout.")
+    heartbeat_interval_s: float = Field(1.0, gt=0, le=60, description="Consumer group heartbeat interval.")
+    commit_interval_s: float = Field(1.0, gt=0, le=60, description="How often processed offsets are committed.")
+    producer_max_batch_size: int = Field(16384, ge=1, description="Producer batch bytes; 1 = one record per batch (needed on Tansu for correct end offsets).")
+    create_topics: bool = Field(False, description="Create the source and output topics at start if missing.")
+    partitions: int = Field(8, ge=1, le=10_000, description="Partitions of the keyed topics and tables; users are spread over them.")
+    replication_factor: int = Field(1, ge=1, le=16, description="Replication of topics the worker creates.")
+    topic_uploads: str = Field("media.uploads", description="Media upload announcements (key: media id).")
+    topic_interactions: str = Field("user.interactions", description="User interaction events (key: user id).")
+    topic_recommendations: str = Field("user.recommendations", description="Published recommendations (key: user id).")
+    topic_dead_letter: str = Field("mmrec.dead-letter", description="Messages that could not be processed, with the reason.")
+    topic_features: str = Field("mmrec.item-features", description="Extracted features, read by every worker (key: media id).")
+    topic_wakeups: str = Field("mmrec.pending-wakeups", description="Internal: wakes users whose events wait for media (key: user id).")
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and (self.sasl_password or self.sasl_password_file)):
+            raise ValueError("SASL needs sasl_username and sasl_password or sasl_password_file")
+        return self
+
+    def password(self) -> str | None:
+        """The SASL password from the setting or the file it names."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().strip()
+        return None
+
+
+class WorkerSettings(BaseModel):
+    role: Literal["all", "extract", "learn"] = Field("all", description="Which agents this worker runs: extract (uploads -> features), learn (interactions -> user state -> recommendations), or all.")
+    table_store: Literal["rocksdb", "memory"] = Field("rocksdb", description="Where user-state tables live between restarts (rocksdb keeps them on local disk).")
+    web_host: str = Field("0.0.0.0", description="Address of the metrics and health HTTP server.")
+    web_port: int = Field(6066, ge=0, le=65535, description="Port of the metrics and health HTTP server (0: pick a free one).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Worker log level.")
+    fetch_timeout_s: float = Field(30.0, gt=0, le=600, description="Time limit for fetching one media file.")
+    allowed_uri_schemes: tuple[str, ...] = Field(("file", "http", "https"), description="URI schemes uploads may use.")
+
+
+class Settings(
+    ModelSettings,
+    ExtractionSettings,
+    LearningSettings,
+    RecommendSettings,
+    KafkaSettings,
+    WorkerSettings,
+    BaseSettings,
+):
     """Every setting of mmrec. Environment: MMREC_<NAME> (case-insensitive)."""
 
     model_config = SettingsConfigDict(env_prefix="MMREC_", extra="ignore", frozen=True)

@@ -138,8 +138,14 @@ def test_invalid_item_in_batch_stores_nothing(store: FeatureStore) -> None:
     good = make_items(3, shapes=TINY)
     bad = replace(good[1], maps=(torch.zeros(2, 2, 2),))  # float32
     with pytest.raises(ValueError, match="float16"):
-        store.put_many([good[0], bad, good[2]])
-    assert len(store) == 0
+        store.put_many([good[0], bad, good[2]], checkpoints={"t/0": 3})
+    assert len(store) == 0 and store.checkpoints() == {}
+
+
+def test_checkpoints_are_stored_with_the_items(store: FeatureStore) -> None:
+    store.put_many(make_items(2, shapes=TINY), checkpoints={"t/0": 2, "t/1": 7})
+    store.put_many(make_items(1, start=2, shapes=TINY), checkpoints={"t/0": 3})
+    assert store.checkpoints() == {"t/0": 3, "t/1": 7} and len(store) == 3
 
 
 def test_returned_items_do_not_alias_the_store(store: FeatureStore) -> None:
