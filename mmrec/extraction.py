@@ -43,6 +43,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def feature_version(settings: Settings, projection: Projection | None = None) -> FeatureVersion:
+    """The FeatureVersion an extractor with these settings produces, without loading the CNN."""
+    projection = projection or Projection.load(default_projection_path())
+    return FeatureVersion(backbone_id(default_taps(settings.n_layers), settings.input_size), projection.version(settings.channels))
+
+
 class FeatureExtractor:
     """Turns media bytes into ItemFeatures under one FeatureVersion (see the module docstring)."""
 
@@ -79,7 +85,7 @@ class FeatureExtractor:
                 )
             weight, bias = layer.affine(self.channels)  # (d, C), (d,)
             self._projections.append((weight[:, :, None, None].to(self.device), bias.to(self.device)))
-        self.version = FeatureVersion(backbone_id(self.taps, self.input_size), projection.version(self.channels))
+        self.version = feature_version(settings, projection)
         with torch.inference_mode():
             probe = self.backbone(torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8, device=self.device))
         self.shapes = tuple(

@@ -6,13 +6,24 @@ Nothing reads the environment anywhere else: build a Settings once at the entry 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mmrec.model import ModelConfig, Readout
 from mmrec.online import OnlineConfig
+
+
+def _split_commas(value: object) -> object:
+    """'a, b' -> ('a', 'b'): list settings are comma-separated in the environment."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
+PathList = Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_split_commas)]
 
 
 class ModelSettings(BaseModel):
@@ -109,8 +120,15 @@ class WorkerSettings(BaseModel):
     web_host: str = Field("0.0.0.0", description="Address of the metrics and health HTTP server.")
     web_port: int = Field(6066, ge=0, le=65535, description="Port of the metrics and health HTTP server (0: pick a free one).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Worker log level.")
+
+
+class FetchSettings(BaseModel):
     fetch_timeout_s: float = Field(30.0, gt=0, le=600, description="Time limit for fetching one media file.")
-    allowed_uri_schemes: tuple[str, ...] = Field(("file", "http", "https"), description="URI schemes uploads may use.")
+    allowed_uri_schemes: CommaList = Field(("http", "https"), description="URI schemes uploads may use (comma-separated): http, https, file.")
+    allowed_hosts: CommaList = Field((), description="If set, the only hosts uploads may be fetched from (comma-separated).")
+    allow_private_networks: bool = Field(False, description="Allow fetching from loopback, private, link-local and other non-public addresses.")
+    max_redirects: int = Field(3, ge=0, le=20, description="Redirects followed per fetch (each one re-checked).")
+    media_roots: PathList = Field((), description="Folders file URIs and paths may read from (comma-separated); none = no local files.")
 
 
 class Settings(
@@ -120,6 +138,7 @@ class Settings(
     RecommendSettings,
     KafkaSettings,
     WorkerSettings,
+    FetchSettings,
     BaseSettings,
 ):
     """Every setting of mmrec. Environment: MMREC_<NAME> (case-insensitive)."""
