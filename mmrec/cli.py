@@ -14,9 +14,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("mmrec.commands.extract", "extract and store CNN feature maps of images and videos"),
     "fit-projection": ("mmrec.commands.fit_projection", "fit the per-layer PCA channel projection (rebuilds the shipped default)"),
-    "demo": ("mmrec.commands.demo_offline", "run the main job on the embedded default"),
+    "demo": ("worker.demo", "the streaming path end to end on the embedded default broker"),
     "demo-offline": ("mmrec.commands.demo_offline", "the model end to end on bundled media, without Kafka"),
     "schemas": ("mmrec.commands.schemas", "write or check the JSON Schemas of the topic messages"),
+    "worker": ("worker.main", "run a streaming worker against the configured Kafka cluster"),
 }
 
 

@@ -45,6 +45,12 @@ class Recommender:
         return torch.cat(parts, dim=1) if parts else torch.zeros(offsets.shape[0], 0)
 
     @torch.inference_mode()
+    def scores_for_rows(self, offsets: Tensor, catalogue: Catalogue, rows: Tensor) -> Tensor:
+        """offsets (U, P), rows (R,) long -> scores (U, R) of those catalogue rows only."""
+        params = self.layout.split(self.shared.prior + offsets)
+        return score(params, catalogue.float_maps(rows), catalogue.item_bias[rows], self.shared, self.cfg)
+
+    @torch.inference_mode()
     def top_k(self, offsets: Tensor, catalogue: Catalogue, k: int, seen: Sequence[Sequence[int]] = ()) -> list[list[Ranked]]:
         """Each user's best k items, best first, leaving out the media whose id hashes are in seen[u]."""
         all_scores = self.scores(offsets, catalogue)

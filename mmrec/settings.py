@@ -55,6 +55,7 @@ class LearningSettings(BaseModel):
     seen_media: int = Field(32, ge=0, le=1024, description="Media a user engaged with, kept out of their recommendations.")
     pending_limit: int = Field(64, ge=1, le=10_000, description="Events per user that may wait for their media's features; beyond, they are dead-lettered.")
     pending_max_wait_s: float = Field(3600.0, gt=0, description="How long an event waits for its media's features before it is dead-lettered.")
+    pending_sweep_s: float = Field(10.0, gt=0, le=3600, description="How often waiting events are looked at again (besides when their media arrive).")
 
     def online_config(self) -> OnlineConfig:
         return OnlineConfig(
@@ -118,7 +119,7 @@ class WorkerSettings(BaseModel):
     role: Literal["all", "extract", "learn"] = Field("all", description="Which agents this worker runs: extract (uploads -> features), learn (interactions -> user state -> recommendations), or all.")
     table_store: Literal["rocksdb", "memory"] = Field("rocksdb", description="Where user-state tables live between restarts (rocksdb keeps them on local disk).")
     web_host: str = Field("0.0.0.0", description="Address of the metrics and health HTTP server.")
-    web_port: int = Field(6066, ge=0, le=65535, description="Port of the metrics and health HTTP server (0: pick a free one).")
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of the metrics and health HTTP server.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Worker log level.")
 
 

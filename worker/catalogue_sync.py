@@ -1,0 +1,98 @@
+"""Every worker's copy of the shared catalogue: reads all partitions of the features topic (no
+consumer group: each worker needs every item) into its local feature store and in-memory catalogue.
+
+The positions read are committed in the same SQLite transaction as the items, so a restart resumes
+exactly where the store left off; the topic is the source of truth, the store a durable cache.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from mmrec.item_codec import CorruptRecord, decode_item
+from worker.dead_letters import DeadLetters
+from worker.kafka_client import client_kwargs
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+NewMediaListener = Callable[[list[str]], Awaitable[None]]
+
+
+class CatalogueSync:
+    def __init__(self, runtime: Runtime, dead: DeadLetters, listeners: Sequence[NewMediaListener]) -> None:
+        self.runtime = runtime
+        self.dead = dead
+        self.listeners = list(listeners)
+        self.topic = runtime.settings.topic_features
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(self.runtime.settings),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            await self._assign(consumer)
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=512)
+                records = [record for batch in batches.values() for record in batch]
+                if records:
+                    await self.ingest(records)
+        finally:
+            await consumer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        await consumer.topics()  # loads metadata without creating anything
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise RuntimeError(f"features topic {self.topic!r} does not exist (create the topics first)")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        checkpoints = await self.runtime.on_model_thread(self.runtime.store.checkpoints)
+        for tp in tps:
+            position = checkpoints.get(f"{tp.topic}/{tp.partition}")
+            if position is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, position)
+        log.info("catalogue sync: %d items held, reading %s from %s", len(self.runtime.catalogue), self.topic, checkpoints or "the start")
+
+    async def ingest(self, records: list[ConsumerRecord]) -> None:
+        """Store a batch of feature records, add ours to the catalogue, tell the listeners."""
+        new_ids, rejected = await self.runtime.on_model_thread(self._store, records)
+        for record, reason, error in rejected:
+            await self.dead.send(
+                topic=record.topic, partition=record.partition, offset=record.offset, key=record.key, value=record.value, reason=reason, error=error
+            )
+        self.runtime.metrics.consumed.labels(self.topic).inc(len(records))
+        self.runtime.metrics.items.set(len(self.runtime.catalogue))
+        if new_ids:
+            for listener in self.listeners:
+                await listener(new_ids)
+
+    def _store(self, records: list[ConsumerRecord]) -> tuple[list[str], list[tuple[ConsumerRecord, str, str]]]:
+        """On the model thread: decode, store with checkpoints, add to the catalogue."""
+        items, rejected = [], []
+        for record in records:
+            try:
+                item = decode_item(record.value or b"")
+            except CorruptRecord as exc:
+                rejected.append((record, "corrupt_features", str(exc)))
+                continue
+            if record.key != item.media_id.encode():
+                rejected.append((record, "key_mismatch", f"key {record.key!r} is not the media id {item.media_id!r}"))
+                continue
+            items.append(item)
+        checkpoints = {f"{r.topic}/{r.partition}": r.offset + 1 for r in records}  # records are in order per partition
+        self.runtime.store.put_many(items, checkpoints)
+        ours = [item for item in items if item.version == self.runtime.feature_version]
+        if len(ours) < len(items):
+            log.info("stored %d items of another feature version (not scored here)", len(items) - len(ours))
+        new_ids = list(dict.fromkeys(item.media_id for item in ours if item.media_id not in self.runtime.catalogue))
+        self.runtime.catalogue.add(ours)
+        return new_ids, rejected

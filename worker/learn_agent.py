@@ -1,0 +1,158 @@
+"""The learning agents: each interaction takes one online step on its user's state (a faust Table
+partitioned by user id); events whose media has no features yet wait in order and are retried.
+
+At-least-once delivery plus idempotent updates: a user's state records the partition and offset of
+the last applied event and the ids of recent ones, so a redelivered or re-sent event is a no-op.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import faust
+
+from mmrec.messages import Interaction, InvalidMessage, Trigger, parse
+from mmrec.user_state import UserState, decode_user_state, encode_user_state
+from worker.app import Tables, Topics
+from worker.dead_letters import DeadLetters
+from worker.pending import Parked, Wakeup, decode_pending, encode_pending
+from worker.refresh import Refresher
+from worker.runtime import Runtime
+
+
+class Learning:
+    """State and steps shared by the interactions agent and the wakeups agent.
+
+    A user's waiting queue is looked at when a wakeup for them arrives: sent when an event parks,
+    when a media some user here waits for arrives, and by a periodic sweep over all queues (which
+    also heals wakeups lost in a crash and dead-letters events that waited too long).
+    """
+
+    def __init__(self, runtime: Runtime, tables: Tables, topics: Topics, dead: DeadLetters, refresher: Refresher) -> None:
+        self.runtime = runtime
+        self.tables = tables
+        self.topics = topics
+        self.dead = dead
+        self.refresher = refresher
+        self.settings = runtime.settings
+        self.waiting: defaultdict[str, set[tuple[str, int]]] = defaultdict(set)  # media -> (user, partition)
+
+    def state_of(self, user: bytes) -> UserState:
+        raw = self.tables.user_state.get(user)
+        return UserState.new(self.runtime.cfg) if raw is None else decode_user_state(raw, self.runtime.cfg)
+
+    async def apply(self, user: bytes, interaction: Interaction, partition: int, offset: int, produced_at: float | None) -> None:
+        """One online step (inside the stream iteration of the user's partition)."""
+        started = time.perf_counter()
+        result = await self.runtime.on_model_thread(self.runtime.interactions.apply, self.state_of(user), interaction, partition, offset)
+        metrics = self.runtime.metrics
+        if result.applied:
+            self.tables.user_state[user] = encode_user_state(result.state, self.runtime.cfg)
+            metrics.step_seconds.observe(time.perf_counter() - started)
+            metrics.step_loss.observe(result.loss)
+        else:
+            metrics.duplicates.inc()
+        trigger = Trigger(kind="interaction", event_id=interaction.event_id)
+        self.refresher.note(interaction.user_id, result.state, partition, trigger, produced_at)
+
+    async def park(self, user: bytes, interaction: Interaction, message: faust.types.Message) -> None:
+        """Queue an event behind the user's waiting ones (or because its media is not there yet)."""
+        queue = decode_pending(self.tables.pending.get(user))
+        if any(p.partition == message.partition and p.offset == message.offset for p in queue):
+            return  # redelivered while waiting
+        if self.state_of(user).has_applied(interaction.event_id, message.partition, message.offset):
+            self.runtime.metrics.duplicates.inc()
+            return
+        if len(queue) >= self.settings.pending_limit:
+            await self.dead.reject(message, "pending_limit", f"{len(queue)} events of this user already wait for media")
+            return
+        queue.append(Parked(message.value.decode(), message.partition, message.offset, time.time()))
+        self.tables.pending[user] = encode_pending(queue)
+        self.waiting[interaction.media_id].add((interaction.user_id, message.partition))
+        self.runtime.metrics.pending.inc()
+        await self.wake(interaction.user_id, message.partition)
+
+    async def wake(self, user_id: str, partition: int) -> None:
+        # The wakeup must land on the partition that holds the user's state, whatever partitioner
+        # the producer of the original event used.
+        await self.topics.wakeups.send(key=user_id.encode(), value=Wakeup(user_id).encode(), partition=partition)
+
+    async def drain(self, user: bytes) -> None:
+        """Apply the user's waiting events whose media arrived, in order; give up on expired ones."""
+        queue = decode_pending(self.tables.pending.get(user))
+        before = len(queue)
+        deadline = time.time() - self.settings.pending_max_wait_s
+        while queue:
+            head = queue[0]
+            interaction = parse(Interaction, head.value.encode())
+            if self.runtime.interactions.ready(interaction):
+                await self.apply(user, interaction, head.partition, head.offset, None)
+            elif head.parked_at < deadline:
+                await self.dead.send(
+                    topic=self.settings.topic_interactions,
+                    partition=head.partition,
+                    offset=head.offset,
+                    key=user,
+                    value=head.value.encode(),
+                    reason="media_unavailable",
+                    error=f"no features for media {interaction.media_id!r} after {self.settings.pending_max_wait_s:.0f} s",
+                )
+            else:
+                break
+            queue.pop(0)
+        self.runtime.metrics.pending.dec(before - len(queue))
+        if queue:
+            self.tables.pending[user] = encode_pending(queue)
+        elif before:
+            del self.tables.pending[user]
+
+    async def on_new_media(self, media_ids: list[str]) -> None:
+        """Wake the users here that wait for any of these media."""
+        for media_id in media_ids:
+            for user_id, partition in self.waiting.pop(media_id, ()):
+                await self.wake(user_id, partition)
+
+    async def sweep(self) -> None:
+        """Wake every user with a waiting queue whose head is ready or expired."""
+        deadline = time.time() - self.settings.pending_max_wait_s
+        for user, raw in list(self.tables.pending.items()):
+            queue = decode_pending(raw)
+            if queue:
+                head = parse(Interaction, queue[0].value.encode())
+                if self.runtime.interactions.ready(head) or queue[0].parked_at < deadline:
+                    await self.wake(user.decode(), queue[0].partition)
+
+
+def attach_learning(app: faust.App, topics: Topics, learning: Learning) -> None:
+    runtime, dead = learning.runtime, learning.dead
+
+    @app.agent(topics.interactions, name="learn")
+    async def learn(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            runtime.metrics.consumed.labels(message.topic).inc()
+            try:
+                interaction = parse(Interaction, event.value)
+                if event.key != interaction.user_id.encode():
+                    raise InvalidMessage("key_mismatch", f"message key {event.key!r} is not the user id {interaction.user_id!r}")
+            except InvalidMessage as exc:
+                await dead.reject(message, exc.reason, str(exc))
+                continue
+            if learning.tables.pending.get(event.key) or not runtime.interactions.ready(interaction):
+                await learning.park(event.key, interaction, message)
+            else:
+                await learning.apply(event.key, interaction, message.partition, message.offset, message.timestamp)
+
+    @app.agent(topics.wakeups, name="wake")
+    async def wake(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            try:
+                Wakeup.decode(event.value)
+            except (ValueError, TypeError) as exc:
+                await dead.reject(event.message, "invalid_wakeup", str(exc))
+                continue
+            await learning.drain(event.key)
+
+    @app.timer(interval=learning.settings.pending_sweep_s)
+    async def sweep() -> None:
+        await learning.sweep()

@@ -1,0 +1,37 @@
+"""`mmrec worker`: run one worker process against the configured Kafka cluster until SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import faust
+
+from mmrec.settings import Settings
+from worker.kafka_admin import ensure_topics
+from worker.kafka_client import client_kwargs, topic_specs
+from worker.service import create_worker
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", choices=["all", "extract", "learn"], help="overrides MMREC_ROLE")
+    parser.add_argument("--create-topics", action="store_true", default=None, help="overrides MMREC_CREATE_TOPICS")
+
+
+async def create_topics(settings: Settings) -> None:
+    kwargs = client_kwargs(settings)
+    bootstrap = kwargs.pop("bootstrap_servers")
+    kwargs.pop("client_id")
+    created = await ensure_topics(bootstrap, topic_specs(settings), **kwargs)
+    logging.getLogger(__name__).info("topics: %s", ", ".join(f"{n}{' (created)' if c else ''}" for n, c in created.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("role", args.role), ("create_topics", args.create_topics)) if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.create_topics:
+        asyncio.run(create_topics(settings))
+    worker = create_worker(settings)
+    faust.Worker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    return 0
