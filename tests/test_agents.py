@@ -1,0 +1,117 @@
+"""Fast agent unit tests through faust's test_context (no broker): validation, idempotency, waiting."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from unittest.mock import AsyncMock, patch
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from mmrec.messages import Interaction
+from mmrec.settings import Settings
+from mmrec.user_state import decode_user_state
+from tests.synthetic_items import make_item
+from worker.metrics import Metrics
+from worker.pending import decode_pending
+from worker.service import Worker, create_worker
+
+
+def make_worker(data_dir: Path, **overrides: object) -> Worker:
+    """A worker whose broker is never contacted, with six catalogue items m0..m5."""
+    settings = Settings(bootstrap_servers="127.0.0.1:1", data_dir=data_dir, table_store="memory", partitions=1, **overrides)
+    built = create_worker(settings, Metrics(CollectorRegistry()), web_enabled=False)
+    built.app.finalize()
+    built.app.flow_control.resume()
+    version = built.runtime.feature_version
+    built.runtime.catalogue.add([make_item(f"m{i}", seed=i, version=version) for i in range(6)])
+    return built
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    built = make_worker(tmp_path)
+    yield built
+    built.runtime.close()
+
+
+def event(event_id: str, user: str = "u1", media: str = "m1", **fields: object) -> bytes:
+    message = Interaction(event_id=event_id, user_id=user, media_id=media, kind="click", timestamp=datetime.now(timezone.utc), **fields)
+    return message.to_json()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until condition() holds: put() returns before the agent has processed the event."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.01)
+
+
+def version_of(worker: Worker, user: bytes) -> int:
+    raw = worker.tables.user_state.get(user)
+    return -1 if raw is None else decode_user_state(raw, worker.runtime.cfg).version
+
+
+def sent(mock: AsyncMock) -> list[dict]:
+    return [json.loads(call.kwargs["value"]) for call in mock.call_args_list]
+
+
+async def test_learn_applies_each_event_once_and_marks_the_user_for_refresh(worker: Worker):
+    cfg = worker.runtime.cfg
+    async with worker.app.agents["learn"].test_context() as agent:
+        await agent.put(key=b"u1", value=event("e1"))
+        await agent.put(key=b"u1", value=event("e2", media="m2"))
+        await agent.put(key=b"u1", value=event("e1"))  # re-sent by the producer: new offset, same id
+        await agent.put(key=b"u1", value=event("e3", media="m3"))
+        await eventually(lambda: version_of(worker, b"u1") == 3)
+    assert worker.metrics.duplicates._value.get() == 1
+    state = decode_user_state(worker.tables.user_state[b"u1"], cfg)
+    assert state.offsets.abs().sum() > 0 and len(state.seen) == 3
+    assert worker.runtime.metrics.step_seconds._sum.get() > 0
+
+
+async def test_invalid_interactions_are_dead_lettered_with_reasons(worker: Worker):
+    with patch.object(worker.topics.dead_letter, "send", new=AsyncMock()) as dead:
+        async with worker.app.agents["learn"].test_context() as agent:
+            await agent.put(key=b"u1", value=b"\x00\x01")
+            await agent.put(key=b"u1", value=b'{"event_id": 3}')
+            await agent.put(key=b"someone-else", value=event("e3"))
+            await agent.put(key=b"u1", value=event("e4"))  # valid, after the bad ones
+            await eventually(lambda: version_of(worker, b"u1") == 1)
+    assert [letter["reason"] for letter in sent(dead)] == ["invalid_json", "invalid_schema", "key_mismatch"]
+
+
+async def test_event_for_unknown_media_waits_and_later_events_queue_behind_it(worker: Worker):
+    with patch.object(worker.topics.wakeups, "send", new=AsyncMock()) as wake:
+        async with worker.app.agents["learn"].test_context() as agent:
+            await agent.put(key=b"u2", value=event("p1", user="u2", media="not-yet"))
+            await agent.put(key=b"u2", value=event("p2", user="u2", media="m3"))  # ready, but must wait its turn
+            await eventually(lambda: len(decode_pending(worker.tables.pending.get(b"u2"))) == 2)
+    queue = decode_pending(worker.tables.pending[b"u2"])
+    assert [json.loads(p.value)["event_id"] for p in queue] == ["p1", "p2"]
+    assert worker.tables.user_state.get(b"u2") is None
+    assert {call.kwargs["key"] for call in wake.call_args_list} == {b"u2"}
+
+    worker.runtime.catalogue.add([make_item("not-yet", seed=99, version=worker.runtime.feature_version)])
+    async with worker.app.agents["wake"].test_context() as agent:
+        await agent.put(key=b"u2", value=b'{"user_id": "u2"}')
+        await eventually(lambda: version_of(worker, b"u2") == 2)
+    assert worker.tables.pending.get(b"u2") is None
+    state = decode_user_state(worker.tables.user_state[b"u2"], worker.runtime.cfg)
+    assert state.version == 2 and state.position == queue[1].offset  # applied in order
+
+
+async def test_pending_queue_is_bounded(tmp_path: Path):
+    worker = make_worker(tmp_path, pending_limit=2)
+    with patch.object(worker.topics.wakeups, "send", new=AsyncMock()), patch.object(worker.topics.dead_letter, "send", new=AsyncMock()) as dead:
+        async with worker.app.agents["learn"].test_context() as agent:
+            for k in range(3):
+                await agent.put(key=b"u3", value=event(f"q{k}", user="u3", media="absent"))
+            await eventually(lambda: dead.called)
+    assert len(decode_pending(worker.tables.pending[b"u3"])) == 2
+    assert [letter["reason"] for letter in sent(dead)] == ["pending_limit"]
+    worker.runtime.close()
