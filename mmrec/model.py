@@ -286,3 +286,43 @@ def score(
     pref = preference(params, maps, shared, cfg)
     items = item_bias + visual_item_bias(maps, shared)
     return shared.global_bias + params.bias[:, None] + items[None, :] + pref
+
+
+def pair_layer_preference(
+    maps: Tensor,
+    interest: Tensor,
+    channel: Tensor,
+    attention: Tensor,
+    attention_channels: Tensor,
+    cfg: ModelConfig,
+) -> Tensor:
+    """o_ij of layer j for B aligned (user, item) pairs, as grouped convolutions: (B,).
+
+    maps (B, d, H, W) of the pairs' items; interest (B, m, m); channel (B, d'); attention (B, m, m).
+    """
+    b, d, h, w = maps.shape
+    pad, p = cfg.kernel_size // 2, cfg.pool
+    stacked = maps.reshape(1, b * d, h, w)
+    if cfg.readout == "spanning":
+        kernel = channel[:, :, None, None] * interest[:, None, :, :]  # (B, d, m, m)
+        first = F.conv2d(stacked, kernel, padding=pad, groups=b).reshape(b, 1, h, w)
+    else:
+        kernel = interest.repeat_interleave(d, dim=0)[:, None]  # (B d, 1, m, m)
+        first = F.conv2d(stacked, kernel, padding=pad, groups=b * d).reshape(b, d, h, w).amax(dim=1, keepdim=True)
+    pooled = F.max_pool2d(first, p, p, ceil_mode=True)  # (B, 1, h', w')
+    reduced = torch.einsum("c,bchw->bhw", attention_channels, maps)[:, None]
+    coarse = F.avg_pool2d(reduced, p, p, ceil_mode=True)  # (B, 1, h', w')
+    second = F.conv2d(coarse.reshape(1, b, *coarse.shape[2:]), attention[:, None], padding=pad, groups=b)
+    weights = torch.softmax(second.reshape(b, -1), dim=-1)
+    return (weights * pooled.reshape(b, -1)).sum(dim=1)
+
+
+def pair_scores(params: UserParams, maps: list[Tensor], item_bias: Tensor, shared: SharedParams, cfg: ModelConfig) -> Tensor:
+    """score() for B aligned pairs (user row k with item row k) without the U x I product: (B,)."""
+    fused = 0.0
+    for j, layer_maps in enumerate(maps):
+        o = pair_layer_preference(
+            layer_maps, params.interest[:, j], params.channel[:, j], params.attention[:, j], shared.attention_channels[j], cfg
+        )
+        fused = fused + params.fusion[:, j] * o
+    return shared.global_bias + params.bias + item_bias + visual_item_bias(maps, shared) + fused

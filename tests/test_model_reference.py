@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmrec.model import ModelConfig, ParamLayout, SharedParams, score
+from mmrec.model import ModelConfig, ParamLayout, SharedParams, pair_scores, score
 from tests.reference import reference_score
 
 CASES = [
@@ -63,3 +63,15 @@ def test_gradients_wrt_user_parameters_match_reference_autograd(cfg, users, item
         grads.append(grad)
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("cfg,users,items,grids", CASES)
+def test_pair_scores_equal_the_reference_for_aligned_pairs(cfg, users, items, grids):
+    layout, shared, offsets, maps, item_bias = random_problem(cfg, users, items, grids, torch.float64, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    u = torch.randint(0, users, (9,), generator=gen)
+    i = torch.randint(0, items, (9,), generator=gen)
+    params = layout.split(shared.prior + offsets)
+    slow = reference_score(params, maps, item_bias, shared, cfg)[u, i]
+    fast = pair_scores(layout.split(shared.prior + offsets[u]), [m[i] for m in maps], item_bias[i], shared, cfg)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
