@@ -105,6 +105,7 @@ class KafkaSettings(BaseModel):
     topic_dead_letter: str = Field("mmrec.dead-letter", description="Messages that could not be processed, with the reason.")
     topic_features: str = Field("mmrec.item-features", description="Extracted features, read by every worker (key: media id).")
     topic_wakeups: str = Field("mmrec.pending-wakeups", description="Internal: wakes users whose events wait for media (key: user id).")
+    topic_user_updates: str = Field("mmrec.user-updates", description="Internal: learn -> score, a user's new state and the event that caused it (key: user id; split roles only).")
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:
@@ -122,7 +123,7 @@ class KafkaSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    role: Literal["all", "extract", "learn"] = Field("all", description="Which agents this worker runs: extract (uploads -> features), learn (interactions -> user state -> recommendations), or all.")
+    role: Literal["all", "extract", "learn", "score"] = Field("all", description="Which agents this worker runs: extract (uploads -> features), learn (interactions -> user state -> user updates), score (user updates and new media -> recommendations), or all of them in one process (the default for one machine).")
     table_store: Literal["rocksdb", "memory"] = Field("rocksdb", description="Where user-state tables live between restarts (rocksdb keeps them on local disk).")
     web_host: str = Field("0.0.0.0", description="Address of the metrics and health HTTP server.")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the metrics and health HTTP server.")

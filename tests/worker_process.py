@@ -34,6 +34,7 @@ def worker_settings(bootstrap: str, data_dir: Path, media_root: Path, **override
         "topic_dead_letter": f"{run}.dead-letter",
         "topic_features": f"{run}.features",
         "topic_wakeups": f"{run}.wakeups",
+        "topic_user_updates": f"{run}.user-updates",
         "partitions": 2,
         "table_store": "memory",
         "producer_max_batch_size": 1,

@@ -21,6 +21,7 @@ class Topics:
     dead_letter: TopicT
     features: TopicT
     wakeups: TopicT
+    user_updates: TopicT
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,16 @@ def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLC
     )
 
 
-def build_app(settings: Settings, *, web_enabled: bool = True) -> tuple[faust.App, Topics, Tables]:
-    """The App for these settings; agents are attached by worker.agents.attach."""
+def build_app(
+    settings: Settings, *, app_id: str | None = None, with_tables: bool = True, web_enabled: bool = True
+) -> tuple[faust.App, Topics, Tables | None]:
+    """The App for these settings (faust id and consumer group: app_id, default the group id);
+    the user tables only when with_tables. Agents are attached by worker.service."""
     if not settings.bootstrap_servers:
         raise ValueError("MMREC_BOOTSTRAP_SERVERS is not set")
     brokers = ";".join(f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",") if b.strip())
     app = faust.App(
-        settings.group_id,
+        app_id or settings.group_id,
         broker=brokers,
         broker_credentials=broker_credentials(settings),
         broker_client_id=settings.client_id,
@@ -86,7 +90,10 @@ def build_app(settings: Settings, *, web_enabled: bool = True) -> tuple[faust.Ap
         dead_letter=app.topic(settings.topic_dead_letter, **raw),
         features=app.topic(settings.topic_features, **raw),
         wakeups=app.topic(settings.topic_wakeups, **keyed),
+        user_updates=app.topic(settings.topic_user_updates, **keyed),
     )
+    if not with_tables:
+        return app, topics, None
     # bytes key and value types select faust's raw codec: no pickle, no JSON wrapping.
     tables = Tables(
         user_state=app.Table("user_state", default=None, key_type=bytes, value_type=bytes, partitions=settings.partitions),

@@ -27,6 +27,7 @@ class CatalogueSync:
         self.dead = dead
         self.listeners = list(listeners)
         self.topic = runtime.settings.topic_features
+        self.caught_up = False  # read up to the end offsets seen at start (or a poll came back empty)
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -37,16 +38,20 @@ class CatalogueSync:
         )
         await consumer.start()
         try:
-            await self._assign(consumer)
+            ends = await self._assign(consumer)
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=512)
                 records = [record for batch in batches.values() for record in batch]
                 if records:
                     await self.ingest(records)
+                if not self.caught_up and (not records or await self._reached(consumer, ends)):
+                    self.caught_up = True
+                    log.info("catalogue sync: caught up with %d items", len(self.runtime.catalogue))
         finally:
             await consumer.stop()
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+    async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """Assigns every partition at its checkpoint; returns the end offsets at this moment."""
         await consumer.topics()  # loads metadata without creating anything
         partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
@@ -61,6 +66,14 @@ class CatalogueSync:
             else:
                 consumer.seek(tp, position)
         log.info("catalogue sync: %d items held, reading %s from %s", len(self.runtime.catalogue), self.topic, checkpoints or "the start")
+        return await consumer.end_offsets(tps)
+
+    @staticmethod
+    async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+        for tp, end in ends.items():
+            if await consumer.position(tp) < end:
+                return False
+        return True
 
     async def ingest(self, records: list[ConsumerRecord]) -> None:
         """Store a batch of feature records, add ours to the catalogue, tell the listeners."""

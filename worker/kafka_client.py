@@ -38,8 +38,8 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic the worker needs, with the partition count users are spread over.
 
-    Interactions, recommendations and wakeups are keyed by user id and must share the tables'
-    partition count; the features topic is compacted (the latest record per media id matters).
+    Interactions, recommendations, wakeups and user updates are keyed by user id and must share the
+    tables' partition count; the features topic is compacted (the latest record per media id matters).
     """
     p, r = settings.partitions, settings.replication_factor
     return [
@@ -49,4 +49,5 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_dead_letter, p, r),
         TopicSpec(settings.topic_features, p, r, {"cleanup.policy": "compact"}),
         TopicSpec(settings.topic_wakeups, p, r),
+        TopicSpec(settings.topic_user_updates, p, r),
     ]

@@ -10,11 +10,11 @@ import faust
 from mmrec.settings import Settings
 from worker.kafka_admin import ensure_topics
 from worker.kafka_client import client_kwargs, topic_specs
-from worker.service import create_worker
+from worker.service import ROLES, create_worker
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--role", choices=["all", "extract", "learn"], help="overrides MMREC_ROLE")
+    parser.add_argument("--role", choices=list(ROLES), help="overrides MMREC_ROLE (extract, learn, score, or all in one process)")
     parser.add_argument("--create-topics", action="store_true", default=None, help="overrides MMREC_CREATE_TOPICS")
 
 
