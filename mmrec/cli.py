@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("worker.demo", "the streaming path end to end on the embedded default broker"),
     "demo-offline": ("mmrec.commands.demo_offline", "the model end to end on bundled media, without Kafka"),
     "schemas": ("mmrec.commands.schemas", "write or check the JSON Schemas of the topic messages"),
+    "config-reference": ("mmrec.commands.config_reference", "write or check docs/configuration.md, the table of every MMREC_* setting"),
     "worker": ("worker.main", "run a streaming worker against the configured Kafka cluster"),
 }
 
