@@ -296,25 +296,31 @@ def pair_layer_preference(
     attention_channels: Tensor,
     cfg: ModelConfig,
 ) -> Tensor:
-    """o_ij of layer j for B aligned (user, item) pairs, as grouped convolutions: (B,).
+    """o_ij of layer j for B aligned (user, item) pairs: (B,).
 
     maps (B, d, H, W) of the pairs' items; interest (B, m, m); channel (B, d'); attention (B, m, m).
+    Each pair has its own kernel, so the convolutions are batched matrix-vector products over
+    unfolded patches (a grouped conv with B groups is far slower on CPU). Under the spanning readout
+    the kernel c outer K is separable: F (*) (c outer K) = (c . F) (*) K, so only one plane per pair
+    is unfolded.
     """
     b, d, h, w = maps.shape
-    pad, p = cfg.kernel_size // 2, cfg.pool
-    stacked = maps.reshape(1, b * d, h, w)
+    m, p = cfg.kernel_size, cfg.pool
     if cfg.readout == "spanning":
-        kernel = channel[:, :, None, None] * interest[:, None, :, :]  # (B, d, m, m)
-        first = F.conv2d(stacked, kernel, padding=pad, groups=b).reshape(b, 1, h, w)
+        plane = torch.einsum("bc,bchw->bhw", channel, maps)[:, None]  # (B, 1, H, W)
+        patches = F.unfold(plane, m, padding=m // 2)  # (B, m^2, HW)
+        first = torch.bmm(interest.reshape(b, 1, m * m), patches).reshape(b, h * w)
     else:
-        kernel = interest.repeat_interleave(d, dim=0)[:, None]  # (B d, 1, m, m)
-        first = F.conv2d(stacked, kernel, padding=pad, groups=b * d).reshape(b, d, h, w).amax(dim=1, keepdim=True)
-    pooled = F.max_pool2d(first, p, p, ceil_mode=True)  # (B, 1, h', w')
+        patches = F.unfold(maps.reshape(b * d, 1, h, w), m, padding=m // 2)  # (B d, m^2, HW)
+        kernel = interest.reshape(b, 1, m * m).repeat_interleave(d, dim=0)  # (B d, 1, m^2)
+        first = torch.bmm(kernel, patches).reshape(b, d, h * w).amax(dim=1)
+    pooled = F.max_pool2d(first.reshape(b, 1, h, w), p, p, ceil_mode=True).reshape(b, -1)  # (B, h'w')
     reduced = torch.einsum("c,bchw->bhw", attention_channels, maps)[:, None]
     coarse = F.avg_pool2d(reduced, p, p, ceil_mode=True)  # (B, 1, h', w')
-    second = F.conv2d(coarse.reshape(1, b, *coarse.shape[2:]), attention[:, None], padding=pad, groups=b)
-    weights = torch.softmax(second.reshape(b, -1), dim=-1)
-    return (weights * pooled.reshape(b, -1)).sum(dim=1)
+    coarse_patches = F.unfold(coarse, m, padding=m // 2)  # (B, m^2, h'w')
+    second = torch.bmm(attention.reshape(b, 1, m * m), coarse_patches).reshape(b, -1)
+    weights = torch.softmax(second, dim=-1)
+    return (weights * pooled).sum(dim=1)
 
 
 def pair_scores(params: UserParams, maps: list[Tensor], item_bias: Tensor, shared: SharedParams, cfg: ModelConfig) -> Tensor:
