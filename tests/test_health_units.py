@@ -101,3 +101,20 @@ def test_two_workers_in_one_process_have_separate_registries(tmp_path: Path):
     finally:
         first.runtime.close()
         second.runtime.close()
+
+
+def test_users_held_counts_the_memory_store_exactly_and_asks_rocksdb_for_its_estimate():
+    from worker.service import users_held
+
+    assert users_held(SimpleNamespace(data={b"u1": b"s", b"u2": b"s"})) == 2  # type: ignore[arg-type]
+
+    class Db:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def property_int_value(self, name: str) -> int:
+            assert name == "rocksdb.estimate-num-keys"
+            return self.n
+
+    rocks = SimpleNamespace(_dbs_for_actives=lambda: iter([Db(3), Db(4)]))
+    assert users_held(SimpleNamespace(data=rocks)) == 7  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """Operations on real worker processes and the suite's broker: /metrics scraped over HTTP while events
-flow (faust's series and ours, moving), the health endpoints, and the split roles
-(extract + learn + score processes) publishing the same recommendations as `all`."""
+flow (faust's series and ours, moving), the health endpoints, and the split roles (extract, learn
+and score processes) publishing recommendations. The `all` role's path is tests/test_worker_e2e.py's."""
 from __future__ import annotations
 
 import asyncio
@@ -103,61 +103,17 @@ def play(bootstrap: str, settings, media: Path) -> list:  # noqa: ANN001
     return asyncio.run(collect(bootstrap, settings.topic_recommendations, lambda rs: {"a1", "b0"} <= triggers(rs)))
 
 
-def test_a_running_worker_is_scraped_and_its_metrics_move_as_events_flow(broker, media: Path, tmp_path: Path):
-    settings = worker_settings(broker.bootstrap, tmp_path / "worker", media)
-    asyncio.run(prepare_topics(settings))
-    with WorkerProcess(settings) as worker:
-        ready = wait_ready(worker)
-        assert ready["checks"] == {"recovered": True, "model_loaded": True, "catalogue_caught_up": True}
-        live = json.loads(get(settings.web_port, "/health/live")[1])
-        assert live["status"] == "alive" and live["loop_lag_s"] >= 0
-
-        before = scrape(settings.web_port)
-        names = {name for name, _ in before}
-        # faust's own series (consumer, producer, tables, rebalances) and ours, from one registry.
-        assert {"faust_messages_received_total", "faust_total_rebalances", "faust_assign_latency_count"} <= names
-        assert {"mmrec_duplicate_events_total", "mmrec_catalogue_items", "mmrec_users_held", "process_resident_memory_bytes"} <= names
-        assert value(before, "mmrec_worker_info", role="all", group=settings.group_id) == 1
-        assert value(before, "mmrec_ready") == 1
-        assert value(before, "mmrec_catalogue_items") == 0 and value(before, "mmrec_users_held") == 0
-
-        recs = play(broker.bootstrap, settings, media)
-        assert {"ann", "ben"} <= {json.loads(r.value)["user_id"] for r in recs}
-
-        def moved() -> bool:
-            after = scrape(settings.web_port)
-            return value(after, "mmrec_online_step_seconds_count") >= 3 and value(after, "mmrec_interaction_to_recommendation_seconds_count") >= 2
-        wait_for(moved, "the step and latency histograms", worker)
-        after = scrape(settings.web_port)
-
-    consumed = lambda s, topic: value(s, "mmrec_messages_consumed_total", topic=topic)  # noqa: E731
-    assert consumed(after, settings.topic_uploads) - consumed(before, settings.topic_uploads) == len(IMAGES)
-    assert consumed(after, settings.topic_interactions) - consumed(before, settings.topic_interactions) == 3
-    assert consumed(after, settings.topic_features) == len(IMAGES)
-    assert value(after, "mmrec_extraction_batch_size_sum") == len(IMAGES)
-    assert value(after, "mmrec_extraction_batch_seconds_count") >= 1
-    assert value(after, "mmrec_last_extraction_timestamp_seconds") > time.time() - 120
-    assert 0 <= value(after, "mmrec_seconds_since_last_extraction") < 120
-    assert value(after, "mmrec_online_step_loss_count") == 3
-    assert value(after, "mmrec_recommendations_emitted_total", trigger="interaction") >= 2
-    assert value(after, "mmrec_catalogue_items") == len(IMAGES)
-    assert value(after, "mmrec_users_held") == 2
-    assert value(after, "mmrec_active_users") == 2
-    assert any(name == "mmrec_model_info" and v == 1 for (name, _), v in after.items())
-    # faust's consumer and producer counters moved too.
-    assert value(after, "faust_messages_received_total") > value(before, "faust_messages_received_total")
-    assert value(after, "faust_total_sent_messages_total") > value(before, "faust_total_sent_messages_total")
-    assert value(after, "faust_topic_messages_sent_total", topic=f"topic.{settings.topic_recommendations}") >= 2
-    assert sum(v for (name, _), v in after.items() if name == "faust_table_operations_total") >= 3  # the user-state writes
-    assert value(after, "mmrec_dead_letters_total", topic=settings.topic_interactions, reason="invalid_json") == 0
-
-
-def test_split_roles_extract_learn_score_publish_recommendations(broker, media: Path, tmp_path: Path):
+def test_workers_of_each_role_are_scraped_and_their_metrics_move_as_events_flow(broker, media: Path, tmp_path: Path):
+    """extract + learn (RocksDB tables, the production default) + score processes, one consumer group
+    each; /health and /metrics of every one over HTTP, before and after uploads and interactions."""
     base = worker_settings(broker.bootstrap, tmp_path / "base", media)
     asyncio.run(prepare_topics(base))
+    stores = {"extract": "memory", "learn": "rocksdb", "score": "memory"}
     workers = [
-        WorkerProcess(base.model_copy(update={"role": role, "data_dir": tmp_path / role, "web_port": free_port("127.0.0.1")}), role)
-        for role in ("extract", "learn", "score")
+        WorkerProcess(
+            base.model_copy(update={"role": role, "data_dir": tmp_path / role, "web_port": free_port("127.0.0.1"), "table_store": store}), role
+        )
+        for role, store in stores.items()
     ]
     for worker in workers:
         worker.start()
@@ -168,24 +124,63 @@ def test_split_roles_extract_learn_score_publish_recommendations(broker, media: 
             "learn": {"recovered": True, "model_loaded": True, "catalogue_caught_up": True},
             "score": {"recovered": True, "model_loaded": True, "catalogue_caught_up": True},
         }
+        for w in workers:
+            live = json.loads(get(w.settings.web_port, "/health/live")[1])
+            assert live["status"] == "alive" and live["loop_lag_s"] >= 0
+        before = [scrape(w.settings.web_port) for w in workers]
+        for samples in before:
+            names = {name for name, _ in samples}
+            # faust's own series (consumer, producer, rebalances) and ours, from one registry.
+            assert {"faust_messages_received_total", "faust_total_rebalances", "faust_assign_latency_count"} <= names
+            assert {"mmrec_duplicate_events_total", "mmrec_catalogue_items", "mmrec_ready", "process_resident_memory_bytes"} <= names
+            assert value(samples, "mmrec_ready") == 1 and value(samples, "mmrec_catalogue_items") == 0
+
         recs = play(broker.bootstrap, base, media)
         last = {json.loads(r.value)["user_id"]: json.loads(r.value) for r in recs}
         assert {i["media_id"] for i in last["ann"]["items"]}.isdisjoint({"brick", "grass"})
+
+        def moved() -> bool:
+            learn, score = (scrape(w.settings.web_port) for w in workers[1:])
+            return (
+                value(learn, "mmrec_online_step_seconds_count") >= 3
+                and value(score, "mmrec_interaction_to_recommendation_seconds_count") >= 2
+                and value(score, "mmrec_catalogue_items") == len(IMAGES)
+            )
+        wait_for(moved, "the step and latency histograms", workers[2])
         extract, learn, score = (scrape(w.settings.web_port) for w in workers)
     finally:
         codes = {w.settings.role: w.stop() for w in workers}
     assert codes == {"extract": 0, "learn": 0, "score": 0}, "\n".join(w.log_tail(30) for w in workers)
 
-    # Each role did its own part, in its own consumer group.
+    consumed = lambda s, topic: value(s, "mmrec_messages_consumed_total", topic=topic)  # noqa: E731
+    # extract: its own consumer group; uploads consumed, batches timed, features published.
     assert value(extract, "mmrec_worker_info", role="extract", group=f"{base.group_id}-extract") == 1
+    assert consumed(extract, base.topic_uploads) - consumed(before[0], base.topic_uploads) == len(IMAGES)
     assert value(extract, "mmrec_extraction_batch_size_sum") == len(IMAGES)
+    assert value(extract, "mmrec_extraction_batch_seconds_count") >= 1
+    assert value(extract, "mmrec_last_extraction_timestamp_seconds") > time.time() - 120
+    assert 0 <= value(extract, "mmrec_seconds_since_last_extraction") < 120
+    assert value(extract, "faust_topic_messages_sent_total", topic=f"topic.{base.topic_features}") == len(IMAGES)
     assert value(extract, "mmrec_online_step_seconds_count") == 0 and ("mmrec_users_held", ()) not in extract
+    # learn: the group that owns the tables; steps, loss, users held (RocksDB's estimate), updates sent.
     assert value(learn, "mmrec_worker_info", role="learn", group=base.group_id) == 1
-    assert value(learn, "mmrec_online_step_seconds_count") == 3 and value(learn, "mmrec_users_held") == 2
+    assert consumed(learn, base.topic_interactions) == 3 and consumed(learn, base.topic_features) == len(IMAGES)
+    assert value(learn, "mmrec_online_step_seconds_count") == 3 and value(learn, "mmrec_online_step_loss_count") == 3
+    # RocksDB's estimate-num-keys: overwritten keys and faust's per-partition offset key count until a
+    # compaction, so it is approximate (the memory store is exact: tests/test_health_units.py).
+    assert 2 <= value(learn, "mmrec_users_held") <= 3 + 2 * (3 + 1)
     assert value(learn, "mmrec_user_updates_sent_total") == 3
+    assert sum(v for (name, _), v in learn.items() if name == "faust_table_operations_total") >= 3  # the user-state writes
     assert sum(v for (name, _), v in learn.items() if name == "mmrec_recommendations_emitted_total") == 0
     assert ("mmrec_seconds_since_last_extraction", ()) not in learn
+    # score: its own group; updates consumed, lists emitted, end-to-end latency observed.
     assert value(score, "mmrec_worker_info", role="score", group=f"{base.group_id}-score") == 1
-    assert value(score, "mmrec_messages_consumed_total", topic=base.topic_user_updates) == 3
+    assert consumed(score, base.topic_user_updates) == 3
     assert value(score, "mmrec_recommendations_emitted_total", trigger="interaction") >= 2
     assert value(score, "mmrec_interaction_to_recommendation_seconds_count") >= 2
+    assert value(score, "mmrec_active_users") == 2 and value(score, "mmrec_catalogue_items") == len(IMAGES)
+    assert any(name == "mmrec_model_info" and v == 1 for (name, _), v in score.items())
+    assert value(score, "faust_topic_messages_sent_total", topic=f"topic.{base.topic_recommendations}") >= 2
+    for after, earlier in zip((extract, learn, score), before):
+        assert value(after, "faust_messages_received_total") > value(earlier, "faust_messages_received_total")
+        assert sum(v for (name, _), v in after.items() if name == "mmrec_dead_letters_total") == 0

@@ -94,6 +94,8 @@ class Metrics:
     def track_users_held(self, count: Callable[[], float]) -> None:
         """Adds mmrec_users_held, computed at scrape time (learning roles: users in the state table)."""
         Gauge(
-            "mmrec_users_held", "Users whose state this worker's table holds (active partitions; RocksDB: its key estimate).",
+            "mmrec_users_held",
+            "Users whose state this worker's table holds, active partitions (RocksDB: its estimate-num-keys, which "
+            "counts overwritten keys and faust's offset key until compaction; memory store: exact).",
             registry=self.registry,
         ).set_function(count)
