@@ -154,6 +154,8 @@ class Settings(
     model_config = SettingsConfigDict(env_prefix="MMREC_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(Path("var"), description="Local state: feature store, projection, model artifacts.")
+    model_path: Path | None = Field(None, description="Model artifact from `mmrec train`; unset = the untrained prior.")
+    model_sha256: str | None = Field(None, description="If set, the artifact's content digest must start with this (pins the model).")
 
     def to_env(self) -> dict[str, str]:
         """These settings as MMREC_* environment variables (secrets included: for child processes)."""

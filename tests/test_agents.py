@@ -9,7 +9,12 @@ from pathlib import Path
 from unittest.mock import AsyncMock, patch
 
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
+
+from mmrec.artifact import ModelArtifact, save_artifact
+from mmrec.features import FeatureVersion
+from mmrec.model import ParamLayout, SharedParams
 
 from mmrec.messages import Interaction
 from mmrec.settings import Settings
@@ -28,6 +33,7 @@ def make_worker(data_dir: Path, **overrides: object) -> Worker:
     built.app.flow_control.resume()
     version = built.runtime.feature_version
     built.runtime.catalogue.add([make_item(f"m{i}", seed=i, version=version) for i in range(6)])
+    built.runtime.apply_item_bias([f"m{i}" for i in range(6)])  # as the catalogue sync does
     return built
 
 
@@ -115,3 +121,26 @@ async def test_pending_queue_is_bounded(tmp_path: Path):
     assert len(decode_pending(worker.tables.pending[b"u3"])) == 2
     assert [letter["reason"] for letter in sent(dead)] == ["pending_limit"]
     worker.runtime.close()
+
+
+def test_worker_starts_users_and_items_from_a_trained_artifact(tmp_path: Path):
+    probe = make_worker(tmp_path / "probe")
+    cfg, version = probe.runtime.cfg, probe.runtime.feature_version
+    probe.runtime.close()
+    offsets = torch.randn(1, ParamLayout(cfg).size)
+    trained = ModelArtifact(
+        cfg=cfg, feature_version=version, shared=SharedParams.initial(cfg), item_ids=("m2",), item_bias=torch.tensor([1.5]),
+        user_ids=("veteran",), user_offsets=offsets,
+    )
+    digest = save_artifact(trained, tmp_path / "model.safetensors")
+    worker = make_worker(tmp_path / "w", model_path=tmp_path / "model.safetensors", model_sha256=digest[:16])
+    assert worker.runtime.model_version == digest[:12]
+    assert torch.equal(worker.runtime.initial_state("veteran").offsets, offsets[0])
+    assert worker.runtime.initial_state("newcomer").offsets.abs().sum() == 0
+    assert worker.runtime.catalogue.item_bias[worker.runtime.catalogue.rows(["m2"])].item() == 1.5
+    worker.runtime.close()
+
+    other = ModelArtifact(**{**trained.__dict__, "feature_version": FeatureVersion("other-backbone", "pca-x")})
+    save_artifact(other, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="trained on features"):
+        make_worker(tmp_path / "x", model_path=tmp_path / "other.safetensors")

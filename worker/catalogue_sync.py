@@ -108,4 +108,5 @@ class CatalogueSync:
             log.info("stored %d items of another feature version (not scored here)", len(items) - len(ours))
         new_ids = list(dict.fromkeys(item.media_id for item in ours if item.media_id not in self.runtime.catalogue))
         self.runtime.catalogue.add(ours)
+        self.runtime.apply_item_bias(new_ids)
         return new_ids, rejected

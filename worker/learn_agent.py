@@ -39,7 +39,7 @@ class Learning:
 
     def state_of(self, user: bytes) -> UserState:
         raw = self.tables.user_state.get(user)
-        return UserState.new(self.runtime.cfg) if raw is None else decode_user_state(raw, self.runtime.cfg)
+        return self.runtime.initial_state(user.decode()) if raw is None else decode_user_state(raw, self.runtime.cfg)
 
     async def apply(self, user: bytes, interaction: Interaction, partition: int, offset: int, produced_at: float | None) -> None:
         """One online step (inside the stream iteration of the user's partition)."""

@@ -7,16 +7,20 @@ The CNN runs on its own extraction thread (it owns the CUDA context when there i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import torch
+
+from mmrec.artifact import ModelArtifact, load_artifact
 from mmrec.catalogue import Catalogue
 from mmrec.extraction import FeatureExtractor, feature_version
 from mmrec.feature_store import open_feature_store
 from mmrec.feedback import FeedbackWeights
 from mmrec.interaction_step import InteractionLearner
 from mmrec.model import SharedParams
+from mmrec.user_state import UserState
 from mmrec.online import OnlineLearner
 from mmrec.recommend import Recommender
 from mmrec.settings import Settings
@@ -31,10 +35,14 @@ class Runtime:
         self.metrics = metrics
         self.cfg = settings.scorer_config()
         self.feature_version = feature_version(settings)
-        self.shared = SharedParams.initial(self.cfg)
-        self.model_version = "untrained-prior"
+        self.artifact = self._load_artifact()
+        self.shared = self.artifact.shared if self.artifact else SharedParams.initial(self.cfg)
+        self.model_version = self.artifact.version if self.artifact else "untrained-prior"
+        self._trained_users = {user: row for row, user in enumerate(self.artifact.user_ids)} if self.artifact else {}
+        self._trained_items = dict(zip(self.artifact.item_ids, self.artifact.item_bias.tolist())) if self.artifact else {}
         self.store = open_feature_store(settings)
         self.catalogue = Catalogue.load(self.store, self.feature_version)
+        self.apply_item_bias(self.catalogue.ids)
         self.interactions = InteractionLearner(
             OnlineLearner(self.cfg, self.shared, settings.online_config()), self.catalogue, FeedbackWeights(), settings.negatives
         )
@@ -44,6 +52,31 @@ class Runtime:
         self._extractor: FeatureExtractor | None = None
         metrics.items.set(len(self.catalogue))
         metrics.model_info.labels(self.model_version, str(self.feature_version)).set(1)
+
+    def _load_artifact(self) -> ModelArtifact | None:
+        if self.settings.model_path is None:
+            return None
+        artifact = load_artifact(self.settings.model_path, self.settings.model_sha256)
+        if artifact.cfg != self.cfg:
+            raise ValueError(f"model {artifact.version} has config {artifact.cfg}, the settings say {self.cfg}")
+        if artifact.feature_version != self.feature_version:
+            raise ValueError(f"model {artifact.version} was trained on features {artifact.feature_version}, this worker makes {self.feature_version}")
+        return artifact
+
+    def initial_state(self, user_id: str) -> UserState:
+        """A user's state before their first event here: their trained offsets, or the prior."""
+        state = UserState.new(self.cfg)
+        row = self._trained_users.get(user_id)
+        if row is not None:
+            assert self.artifact is not None
+            state.offsets = self.artifact.user_offsets[row].clone()
+        return state
+
+    def apply_item_bias(self, media_ids: Sequence[str]) -> None:
+        """Give catalogue items their trained bias residual (items the model never saw keep 0)."""
+        known = [m for m in media_ids if m in self._trained_items]
+        if known:
+            self.catalogue.item_bias[self.catalogue.rows(known)] = torch.tensor([self._trained_items[m] for m in known])
 
     async def on_model_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
