@@ -128,6 +128,7 @@ class WorkerSettings(BaseModel):
     web_host: str = Field("0.0.0.0", description="Address of the metrics and health HTTP server.")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the metrics and health HTTP server.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Worker log level.")
+    torch_threads: int = Field(0, ge=0, le=256, description="Threads torch uses in this process (0: torch's default, one per core); set to the pod's CPU limit.")
 
 
 class FetchSettings(BaseModel):

@@ -113,14 +113,18 @@ class Learning:
                 await self.wake(user_id, partition)
 
     async def sweep(self) -> None:
-        """Wake every user with a waiting queue whose head is ready or expired."""
+        """Wake every user with a waiting queue whose head is ready or expired; recount the gauge
+        (the increments and decrements of a previous process are lost with it)."""
         deadline = time.time() - self.settings.pending_max_wait_s
+        waiting = 0
         for user, raw in list(self.tables.pending.items()):
             queue = decode_pending(raw)
+            waiting += len(queue)
             if queue:
                 head = parse(Interaction, queue[0].value.encode())
                 if self.runtime.interactions.ready(head) or queue[0].parked_at < deadline:
                     await self.wake(user.decode(), queue[0].partition)
+        self.runtime.metrics.pending.set(waiting)
 
 
 def attach_learning(app: faust.App, topics: Topics, learning: Learning) -> None:

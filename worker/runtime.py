@@ -33,6 +33,8 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)  # more threads than cores slows torch ~10x under load
         self.cfg = settings.scorer_config()
         self.feature_version = feature_version(settings)
         self.artifact = self._load_artifact()
