@@ -7,6 +7,8 @@ or, for Strimzi, structurally; and the manifests agree with the code: every envi
 is a setting, every required setting is set, roles, consumer groups, topics and partition bounds."""
 from __future__ import annotations
 
+import math
+
 import json
 import re
 import subprocess
@@ -83,6 +85,9 @@ def container_env(docs, workload: dict) -> dict[str, str]:  # noqa: ANN001
             env[var["name"]] = var["value"]
         elif "fieldRef" in var["valueFrom"]:
             env[var["name"]] = f"{workload['metadata']['name']}-0"
+        elif "resourceFieldRef" in var["valueFrom"]:  # Kubernetes renders the CPU limit in whole cores
+            limit = str(container["resources"]["limits"][var["valueFrom"]["resourceFieldRef"]["resource"].split(".")[1]])
+            env[var["name"]] = str(max(1, math.ceil(float(limit[:-1]) / 1000 if limit.endswith("m") else float(limit))))
         else:
             env[var["name"]] = "from-a-secret"
     return env
