@@ -4,7 +4,7 @@ gives bit-identical states)."""
 from __future__ import annotations
 
 from mmrec.catalogue import Catalogue
-from mmrec.examples import event_examples
+from mmrec.examples import NegativeSampler, event_examples
 from mmrec.feedback import EventKind, Feedback, FeedbackWeights
 from mmrec.messages import Interaction
 from mmrec.online import OnlineLearner, StepResult
@@ -17,6 +17,7 @@ class InteractionLearner:
     def __init__(self, learner: OnlineLearner, catalogue: Catalogue, weights: FeedbackWeights, negatives: int) -> None:
         self.learner = learner
         self.catalogue = catalogue
+        self.sampler = NegativeSampler(catalogue)
         self.weights = weights
         self.negatives = negatives
 
@@ -31,7 +32,7 @@ class InteractionLearner:
         base = self.weights.feedback(interaction.kind, interaction.watch_fraction)
         feedback = Feedback(label=base.label, weight=base.weight * interaction.weight)
         examples = event_examples(
-            self.catalogue, interaction.media_id, feedback, interaction.event_id, self.negatives, self.weights
+            self.catalogue, self.sampler, interaction.media_id, feedback, interaction.event_id, self.negatives, self.weights
         )
         engaged = interaction.media_id if interaction.kind is not EventKind.IMPRESSION else None
         return self.learner.step(

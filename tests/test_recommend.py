@@ -5,7 +5,7 @@ import torch
 
 import mmrec.recommend as recommend
 from mmrec.catalogue import Catalogue
-from mmrec.examples import event_examples
+from mmrec.examples import NegativeSampler, event_examples
 from mmrec.feedback import EventKind, FeedbackWeights
 from mmrec.model import ModelConfig, ParamLayout, SharedParams, score
 from mmrec.recommend import Recommender
@@ -57,9 +57,10 @@ def test_event_examples_label_the_item_and_sample_other_items_deterministically(
     catalogue, _ = setup(items=30)
     weights = FeedbackWeights()
     click = weights.feedback(EventKind.CLICK)
-    a = event_examples(catalogue, "m0000004", click, "e1", negatives=6, weights=weights)
-    b = event_examples(catalogue, "m0000004", click, "e1", negatives=6, weights=weights)
-    c = event_examples(catalogue, "m0000004", click, "e2", negatives=6, weights=weights)
+    sampler = NegativeSampler(catalogue)
+    a = event_examples(catalogue, sampler, "m0000004", click, "e1", negatives=6, weights=weights)
+    b = event_examples(catalogue, sampler, "m0000004", click, "e1", negatives=6, weights=weights)
+    c = event_examples(catalogue, sampler, "m0000004", click, "e2", negatives=6, weights=weights)
     assert a.labels.tolist() == [1.0] + [0.0] * 6
     assert a.weights.tolist() == [1.0] + [0.5] * 6
     assert all(torch.equal(x, y) for x, y in zip(a.maps, b.maps))
@@ -72,5 +73,28 @@ def test_event_examples_label_the_item_and_sample_other_items_deterministically(
 def test_negative_events_get_no_sampled_negatives():
     catalogue, _ = setup(items=10)
     weights = FeedbackWeights()
-    skip = event_examples(catalogue, "m0000001", weights.feedback(EventKind.SKIP), "e", negatives=4, weights=weights)
+    skip = event_examples(catalogue, NegativeSampler(catalogue), "m0000001", weights.feedback(EventKind.SKIP), "e", negatives=4, weights=weights)
     assert skip.labels.tolist() == [0.0] and skip.weights.tolist() == [1.0]
+
+
+def test_negatives_depend_on_the_set_of_items_not_their_arrival_order():
+    items = make_items(40)
+    forward, backward = Catalogue(VERSION), Catalogue(VERSION)
+    forward.add(items)
+    backward.add(items[::-1])
+    picks = []
+    for catalogue in (forward, backward):
+        sampler = NegativeSampler(catalogue)
+        rows = sampler.sample("event-7", 12, exclude_row=int(catalogue.rows(["m0000003"])[0]))
+        picks.append([catalogue.ids[r] for r in rows])
+    assert picks[0] == picks[1] and "m0000003" not in picks[0]
+    assert len(set(picks[0])) > 6  # spread over the catalogue
+
+
+def test_sampler_follows_a_growing_catalogue():
+    catalogue = Catalogue(VERSION)
+    catalogue.add(make_items(2))
+    sampler = NegativeSampler(catalogue)
+    assert set(sampler.sample("e", 20, exclude_row=0)) == {1}
+    catalogue.add(make_items(30, start=2))
+    assert len(set(sampler.sample("e", 40, exclude_row=0))) > 10

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from mmrec.catalogue import Catalogue
-from mmrec.examples import event_examples
+from mmrec.examples import NegativeSampler, event_examples
 from mmrec.extraction import FeatureExtractor
 from mmrec.feature_store import open_feature_store
 from mmrec.features import ItemFeatures
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     learner = OnlineLearner(cfg, shared, OnlineConfig())
     recommender = Recommender(cfg, shared)
     weights = FeedbackWeights()
+    sampler = NegativeSampler(catalogue)
     rng = random.Random(args.seed)
     for name, stems in TASTES.items():
         liked = [s for s in stems if s in catalogue]
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         for k in range(args.events):
             media, kind = (rng.choice(engaged), EventKind.CLICK) if k % 2 == 0 else (rng.choice(others), EventKind.SKIP)
             event_id = f"{name}-{k}"
-            examples = event_examples(catalogue, media, weights.feedback(kind), event_id, negatives=4, weights=weights)
+            examples = event_examples(catalogue, sampler, media, weights.feedback(kind), event_id, negatives=4, weights=weights)
             engaged_media = media if kind is not EventKind.IMPRESSION else None
             state = learner.step(state, examples, event_id, engaged_media=engaged_media).state
         after = recommender.top_k(state.offsets[None], catalogue, args.top, seen=[state.seen])[0]
