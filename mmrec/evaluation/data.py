@@ -1,0 +1,126 @@
+"""What rankers are built from: the interaction log, the items' media (features extracted on demand
+and cached), and, on the visual-taste benchmark, the true item attributes and simulation parameters."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmrec.catalogue import Catalogue
+from mmrec.datasets.visual_taste import Simulation, true_attributes
+from mmrec.evaluation.features import Extract, PenultimateExtractor, cached_features
+from mmrec.evaluation.protocol import Requirement
+from mmrec.extraction import FeatureExtractor
+from mmrec.feature_store import SqliteFeatureStore
+from mmrec.features import FeatureVersion, ItemFeatures
+from mmrec.interaction_log import InteractionLog, MediaIndex, read_interactions
+from mmrec.settings import Settings
+
+PooledKind = Literal["maps", "penultimate"]
+INTERACTION_FILES = ("interactions.csv", "interactions.parquet")
+
+
+@dataclass(eq=False)
+class EvaluationData:
+    """One data set under evaluation. Item rows everywhere follow log.item_ids.
+
+    attributes (I, A) float32  true item attributes (benchmark only)
+    truth                      the simulation (benchmark only)
+    """
+
+    name: str
+    log: InteractionLog
+    settings: Settings
+    cache_dir: Path  # feature stores of this data set
+    seed: int = 0
+    media: MediaIndex | None = None
+    attributes: Tensor | None = None
+    truth: Simulation | None = None
+    _extractor: FeatureExtractor | None = field(default=None, repr=False)
+    _catalogue: Catalogue | None = field(default=None, repr=False)
+    _pooled: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_folder(cls, folder: Path, settings: Settings, cache_root: Path, seed: int = 0) -> EvaluationData:
+        """A folder with interactions.csv (or .parquet) and media/; a visual-taste benchmark folder
+        also gives items.csv (true attributes) and ground_truth.npz (the simulation)."""
+        found = [folder / f for f in INTERACTION_FILES if (folder / f).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{folder} has none of {', '.join(INTERACTION_FILES)}")
+        data = cls.from_files(found[0], folder / "media", settings, cache_root, seed)
+        if (folder / "ground_truth.npz").is_file():
+            ids, _, matrix = true_attributes(folder)
+            row = {media_id: r for r, media_id in enumerate(ids)}
+            data.attributes = torch.from_numpy(matrix[[row[i] for i in data.log.item_ids]])
+            data.truth = Simulation.load(folder)
+        return data
+
+    @classmethod
+    def from_files(cls, interactions: Path, media_folder: Path | None, settings: Settings, cache_root: Path, seed: int = 0) -> EvaluationData:
+        """An interactions file and a media folder (<media_id>.<ext>), or its uri column when media_folder is None."""
+        log, uris = read_interactions(interactions)
+        if media_folder is not None:
+            media = MediaIndex.from_folder(media_folder, log.item_ids)
+        elif uris:
+            media = MediaIndex.from_uris(uris, interactions.parent, log.item_ids)
+        else:
+            raise ValueError(f"{interactions} has no uri column: name the media folder")
+        key = hashlib.sha256(str(interactions.resolve()).encode()).hexdigest()[:12]
+        name = interactions.parent.name if interactions.stem == "interactions" else interactions.stem
+        return cls(name=name, log=log, settings=settings, cache_dir=cache_root / f"{name}-{key}", seed=seed, media=media)
+
+    def available(self) -> frozenset[Requirement]:
+        have = {"media": self.media is not None, "attributes": self.attributes is not None, "truth": self.truth is not None}
+        return frozenset(name for name, ok in have.items() if ok)
+
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(self.settings)
+        return self._extractor
+
+    def catalogue(self) -> Catalogue:
+        """Every item's projected maps (the features our model scores); row r = item index r."""
+        if self._catalogue is None:
+            extractor = self.extractor()
+            items = self._features("maps", extractor.version, extractor.extract_many)
+            catalogue = Catalogue(extractor.version, [tuple(m.shape) for m in items[0].maps], capacity=len(items))
+            rows = catalogue.add(items)
+            if not torch.equal(rows, torch.arange(len(items))):
+                raise RuntimeError("catalogue rows do not follow the log's item order")
+            self._catalogue = catalogue
+        return self._catalogue
+
+    def pooled_features(self, kind: PooledKind) -> Tensor:
+        """(I, F) float32 spatially pooled CNN features of every item.
+
+        maps:        per-layer spatial means of the projected maps, concatenated (F = N * d)
+        penultimate: block 18 of the backbone, global-average-pooled (F = 1280)
+        """
+        if kind not in self._pooled:
+            if kind == "maps":
+                self._pooled[kind] = torch.cat([m.mean(dim=(2, 3)) for m in self.catalogue().float_maps()], dim=1)
+            else:
+                penultimate = PenultimateExtractor(self.extractor())
+                items = self._features("penultimate", penultimate.version, penultimate.extract_many)
+                self._pooled[kind] = torch.stack([item.maps[0].float().flatten() for item in items])
+        return self._pooled[kind]
+
+    def _features(self, kind: str, version: FeatureVersion, extract: Extract) -> list[ItemFeatures]:
+        if self.media is None:
+            raise ValueError(f"{self.name}: no media to extract features from")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with SqliteFeatureStore(self.cache_dir / f"{kind}.sqlite3") as store:
+            return cached_features(store, self.media, self.log.item_ids, version, extract, f"{kind} features")
+
+    def positions_in_truth(self) -> tuple[np.ndarray, np.ndarray]:
+        """(U,), (I,) positions of log.user_ids and log.item_ids in the truth's id arrays."""
+        if self.truth is None:
+            raise ValueError(f"{self.name}: no ground truth")
+        users = {u: k for k, u in enumerate(self.truth.user_ids)}
+        items = {i: k for k, i in enumerate(self.truth.item_ids)}
+        return np.array([users[u] for u in self.log.user_ids]), np.array([items[i] for i in self.log.item_ids])

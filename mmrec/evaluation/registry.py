@@ -1,0 +1,30 @@
+"""Every model `mmrec evaluate` knows: name -> "module:attribute" of its RankerSpec.
+
+Adding a model is one line here; its module is imported only when it is evaluated. Models whose
+requirements the data cannot meet (e.g. the benchmark's references on a user's own data) are left
+out of a run that does not name them.
+"""
+from __future__ import annotations
+
+import importlib
+
+from mmrec.evaluation.protocol import RankerSpec
+
+RANKERS: dict[str, str] = {
+    "most-popular": "mmrec.baselines.popularity:SPEC",
+    "bpr-mf": "mmrec.baselines.factor:BPR_MF",
+    "vbpr": "mmrec.baselines.factor:VBPR",
+    "perfect-perception": "mmrec.baselines.factor:PERFECT_PERCEPTION",
+    "oracle": "mmrec.baselines.oracle:SPEC",
+}
+
+
+def load_spec(name: str) -> RankerSpec:
+    """The registered spec. Raises KeyError listing the known names."""
+    if name not in RANKERS:
+        raise KeyError(f"unknown ranker {name!r}; registered: {', '.join(RANKERS)}")
+    module_name, attribute = RANKERS[name].split(":")
+    spec = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(spec, RankerSpec) or spec.name != name:
+        raise TypeError(f"{RANKERS[name]} is not the RankerSpec named {name!r}")
+    return spec

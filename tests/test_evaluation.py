@@ -1,0 +1,198 @@
+"""The evaluation protocol: split, ranking task (relevance, exclusion, cold start), ranking in
+chunks, the prequential replay, the feature cache, the registry and `mmrec evaluate` end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from mmrec.cli import main
+from mmrec.datasets.fashion_mnist import DEFAULT_DIR
+from mmrec.datasets.visual_taste import TINY, generate
+from mmrec.evaluation import registry
+from mmrec.evaluation.features import MediaFailures, cached_features
+from mmrec.evaluation.protocol import RankerSpec
+from mmrec.evaluation.runner import prequential, rank_task
+from mmrec.evaluation.split import RankingTask, TemporalSplit
+from mmrec.feature_store import MemoryFeatureStore
+from mmrec.features import FeatureVersion, ItemFeatures
+from mmrec.feedback import EventKind
+from mmrec.interaction_log import EVENT_KINDS, Event, InteractionLog, MediaIndex
+from mmrec.media import CorruptMedia
+
+needs_fashion_mnist = pytest.mark.skipif(not DEFAULT_DIR.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
+
+
+def log_of(rows: list[tuple[str, str, str, float]], users: tuple[str, ...], items: tuple[str, ...]) -> InteractionLog:
+    """Events (user, item, kind, time); label 1 for click and like."""
+    rows = sorted(rows, key=lambda r: r[3])
+    return InteractionLog(
+        user=np.array([users.index(r[0]) for r in rows], dtype=np.int64),
+        item=np.array([items.index(r[1]) for r in rows], dtype=np.int64),
+        kind=np.array([EVENT_KINDS.index(EventKind(r[2])) for r in rows], dtype=np.int8),
+        label=np.array([float(r[2] in ("click", "like")) for r in rows], dtype=np.float32),
+        weight=np.ones(len(rows), dtype=np.float32),
+        time=np.array([r[3] for r in rows], dtype=np.float64),
+        user_ids=users,
+        item_ids=items,
+    )
+
+
+USERS, ITEMS = ("a", "b", "c"), ("w", "x", "y", "z", "q")
+# Times 0..9: train = 0..6, validation = 7, test = 8, 9 (cuts at event 7 and 8 of 10).
+EVENTS = [
+    ("a", "x", "click", 0), ("a", "y", "impression", 1), ("b", "x", "click", 2), ("b", "w", "skip", 3),
+    ("c", "w", "click", 4), ("a", "w", "click", 5), ("c", "x", "like", 6),
+    ("b", "y", "click", 7),
+    ("a", "x", "click", 8), ("a", "y", "click", 8.5), ("b", "z", "click", 9),
+]
+
+
+def test_split_at_event_quantiles() -> None:
+    log = log_of(EVENTS, USERS, ITEMS)
+    split = TemporalSplit.at_quantiles(log, 0.6, 0.7)
+    # 11 events: round(0.6 * 11) = 7 before the validation cut (time 7), round(0.7 * 11) = 8 before the test cut (8).
+    assert (split.validation_start, split.test_start) == (7.0, 8.0)
+    train, validation, test = split.parts(log)
+    assert (len(train), len(validation), len(test)) == (7, 1, 3)
+    with pytest.raises(ValueError, match="empty part"):
+        TemporalSplit.at_quantiles(log, 0.95, 0.99)
+
+
+def test_task_relevance_exclusion_candidates_and_cold_items() -> None:
+    log = log_of(EVENTS, USERS, ITEMS)
+    split = TemporalSplit.at_quantiles(log, 0.6, 0.7)
+    history = log.select(log.time < split.test_start)
+    task = RankingTask.build(history, split.parts(log)[2], log.first_seen(), split.test_start, np.inf)
+    # Candidates: items first seen before the end (w, x, y, z; q never appears). Cold: z (first seen at 9).
+    assert [ITEMS[i] for i in task.items] == ["w", "x", "y", "z"] and task.cold.tolist() == [False, False, False, True]
+    # a re-clicked x (engaged in history: excluded, not relevant) and clicked y (only an impression
+    # before: relevant); b clicked z. c did nothing in the test period and is not evaluated.
+    assert [USERS[u] for u in task.users] == ["a", "b"]
+    relevant = task.dense(task.relevant, slice(0, 2))
+    excluded = task.dense(task.excluded, slice(0, 2))
+    assert relevant.tolist() == [[False, False, True, False], [False, False, False, True]]
+    assert excluded.tolist() == [[True, True, False, False], [False, True, True, False]]  # a: w, x; b: x, y
+
+
+class FixedScores:
+    """A ranker whose score for (u, i) is table[u, i]; it records what it learns."""
+
+    def __init__(self, table: Tensor) -> None:
+        self.table = table
+        self.learned: list[Event] = []
+
+    def fit(self, train: InteractionLog, validation: InteractionLog | None) -> None: ...
+
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.table[users][:, items]
+
+    def learn(self, event: Event) -> None:
+        self.learned.append(event)
+
+
+def test_rank_task_overall_and_cold() -> None:
+    log = log_of(EVENTS, USERS, ITEMS)
+    split = TemporalSplit.at_quantiles(log, 0.6, 0.7)
+    history = log.select(log.time < split.test_start)
+    task = RankingTask.build(history, split.parts(log)[2], log.first_seen(), split.test_start, np.inf)
+    # a: candidates y, z (w, x excluded); y scores 1 < z 2 -> y ranks 2nd: NDCG@10 = 1/log2(3).
+    # b: candidates w, z (x, y excluded); z scores 3 > w 0 -> rank 1. Cold (z alone) only for b: rank 1.
+    table = torch.tensor([[9.0, 9.0, 1.0, 2.0, 0.0], [0.0, 9.0, 9.0, 3.0, 0.0], [0.0] * 5])
+    result = rank_task(FixedScores(table), task, torch.arange(5), k_max=20)
+    assert result.overall.ndcg(10).tolist() == pytest.approx([1 / np.log2(3), 1.0])
+    assert result.overall.auc.tolist() == [0.0, 1.0]
+    assert len(result.cold) == 1 and result.cold.ndcg(10).tolist() == [1.0]
+
+
+def test_prequential_scores_then_learns_every_event_in_order() -> None:
+    log = log_of(EVENTS, USERS, ITEMS)
+    split = TemporalSplit.at_quantiles(log, 0.6, 0.7)
+    history = log.select(log.time < split.test_start)
+    test = split.parts(log)[2]
+    ranker = FixedScores(torch.tensor([[9.0, 9.0, 1.0, 2.0, 0.0], [0.0, 9.0, 9.0, 3.0, 0.0], [0.0] * 5]))
+    result = prequential(ranker, history, test, split.test_start, log.first_seen(), torch.arange(5), k_max=20)
+    assert [(USERS[e.user], ITEMS[e.item]) for e in ranker.learned] == [("a", "x"), ("a", "y"), ("b", "z")]
+    # Scored: a->y at 8.5 (x re-engaged: skipped), among w, x, y (z not yet seen) minus a's w, x -> rank 1;
+    # b->z at 9 among w, z (x, y engaged before) -> rank 1; z is cold: also ranked among cold items.
+    assert len(result.overall) == 2 and result.overall.ndcg(1).tolist() == [1.0, 1.0]
+    assert len(result.cold) == 1 and result.online and result.events == 3
+
+
+def test_feature_cache_extracts_once_and_again_when_bytes_change(tmp_path: Path) -> None:
+    version = FeatureVersion("test-backbone", "p1")
+    calls: list[list[str]] = []
+
+    def extract(items):  # noqa: ANN001, ANN202 - the Extract signature
+        calls.append([m for m, _ in items])
+        return [CorruptMedia("corrupt", "bad") if data == b"bad" else
+                ItemFeatures(m, "image", (torch.full((2, 1, 1), float(len(data)), dtype=torch.float16),), version, 0.0)
+                for m, data in items]
+
+    for name, data in (("a", b"1"), ("b", b"22")):
+        (tmp_path / f"{name}.png").write_bytes(data)
+    media = MediaIndex.from_folder(tmp_path, ["a", "b"])
+    store = MemoryFeatureStore()
+    first = cached_features(store, media, ["a", "b"], version, extract, "test")
+    again = cached_features(store, media, ["a", "b"], version, extract, "test")
+    assert calls == [["a", "b"]] and [f.maps[0][0, 0, 0].item() for f in again] == [1.0, 2.0]
+    assert first[0].extra["sha256"] == again[0].extra["sha256"]
+    (tmp_path / "b.png").write_bytes(b"333")
+    cached_features(store, media, ["a", "b"], version, extract, "test")
+    assert calls[-1] == ["b"]
+    (tmp_path / "a.png").write_bytes(b"bad")
+    with pytest.raises(MediaFailures, match="1 of 2 media failed, e.g. a: corrupt: bad"):
+        cached_features(store, media, ["a", "b"], version, extract, "test")
+
+
+SPEC = RankerSpec("fixed", lambda data, params: FixedScores(torch.zeros(data.log.num_users, data.log.num_items)))
+
+
+def test_registry_loads_every_spec_and_a_new_one_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in registry.RANKERS:
+        assert registry.load_spec(name).name == name
+    with pytest.raises(KeyError, match="unknown ranker 'nope'"):
+        registry.load_spec("nope")
+    monkeypatch.setitem(registry.RANKERS, "fixed", "tests.test_evaluation:SPEC")
+    assert registry.load_spec("fixed") is SPEC
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not DEFAULT_DIR.is_dir():
+        pytest.skip("needs the Debian package dataset-fashion-mnist")
+    out = tmp_path_factory.mktemp("tiny")
+    generate(out, TINY)
+    return out
+
+
+@needs_fashion_mnist
+def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MMREC_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("MMREC_DEVICE", "cpu")
+    monkeypatch.setenv("MMREC_INPUT_SIZE", "64")
+    args = ["evaluate", str(tiny), "--prequential", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for name in ("most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"):
+        assert f"\n{name} " in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["rankers"]) == {"most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}
+    vbpr = report["rankers"]["vbpr"]
+    assert vbpr["params"]["features"] in ("maps", "penultimate") and len(vbpr["tuning"]) == 24
+    assert len(vbpr["test"]["overall"]["curves"]["ndcg"]) == 50 and vbpr["prequential"]["online"]
+    assert report["counts"]["cold_items"] > 0 and (tmp_path / "r.png").stat().st_size > 10_000
+    cache = list((tmp_path / "var" / "evaluation").glob("*/maps.sqlite3"))
+    assert len(cache) == 1
+    # Own data: the same log and media as a plain file and folder; the references need what it lacks.
+    own = ["evaluate", "--interactions", str(tiny / "interactions.csv"), "--media", str(tiny / "media"),
+           "--rankers", "most-popular,vbpr"]
+    assert main(own) == 0
+    assert "\nvbpr " in capsys.readouterr().out
+    assert main(["evaluate", "--interactions", str(tiny / "interactions.csv"), "--media", str(tiny / "media"), "--rankers", "oracle"]) == 2
+    assert "lacks what these rankers need: {'oracle': ['truth']}" in capsys.readouterr().err
