@@ -247,13 +247,80 @@ def layer_readout(
     return LayerReadout(pooled=pooled, attention=weights)
 
 
+# Below this many users, layer_preference scores user by user on the pairs path (measured on 2 cores:
+# the channels-last convolution needs ~16 output channels to beat it).
+_FEW_USERS = 16
+
+
+def _pool_max(first: Tensor, p: int) -> Tensor:
+    """Claim 4's max pool, ceil mode only where the grid needs it (the channels-last kernel is ~8x
+    slower with ceil_mode, and on a grid divisible by p both give the same windows)."""
+    h, w = first.shape[-2:]
+    return F.max_pool2d(first, p, p, ceil_mode=bool(h % p or w % p))
+
+
+def _pool_mean(plane: Tensor, p: int) -> Tensor:
+    h, w = plane.shape[-2:]
+    return F.avg_pool2d(plane, p, p, ceil_mode=bool(h % p or w % p))
+
+
+def _attend(second: Tensor, pooled: Tensor, dim: int) -> Tensor:
+    """sum over `dim` of softmax(second) * pooled (claims 4 and 8), normalising after the sum.
+
+    The max subtracted for range safety is a constant to autograd (softmax does not depend on it),
+    so the gradient is softmax's own.
+    """
+    e = (second - second.amax(dim=dim, keepdim=True).detach()).exp()
+    return (e * pooled).sum(dim=dim) / e.sum(dim=dim)
+
+
+def layer_preference(
+    maps: Tensor,
+    interest: Tensor,
+    channel: Tensor,
+    attention: Tensor,
+    attention_channels: Tensor,
+    cfg: ModelConfig,
+) -> Tensor:
+    """o_ij of layer j for every (user, item) pair: (U, I). The math of layer_readout, laid out for speed.
+
+    maps (I, d, H, W); interest (U, m, m); channel (U, d'); attention (U, m, m); attention_channels (d,).
+    The users are the output channels of one channels-last convolution (I, U, H, W) stored
+    (I, H, W, U), so the max pool and the attention run over contiguous runs of users, and the
+    attention logits come from one (I h w, m^2) x (m^2, U) matrix product.
+    """
+    i_count, d, h, w = maps.shape
+    u_count, m = interest.shape[0], cfg.kernel_size
+    pad, p = m // 2, cfg.pool
+    if u_count < _FEW_USERS:  # too few output channels for the convolution to vectorise: user by user
+        rows = [
+            pair_layer_preference(maps, interest[u : u + 1], channel[u : u + 1], attention[u : u + 1], attention_channels, cfg)
+            for u in range(u_count)
+        ]
+        return torch.stack(rows) if rows else maps.new_zeros(0, i_count)
+    if cfg.readout == "spanning":
+        kernel = (channel[:, :, None, None] * interest[:, None, :, :]).contiguous(memory_format=torch.channels_last)
+        first = F.conv2d(maps.contiguous(memory_format=torch.channels_last), kernel, padding=pad)  # (I, U, H, W)
+    else:
+        planes = maps.reshape(i_count * d, 1, h, w)  # one plane per (item, channel); 1 channel: already channels-last
+        per_channel = F.conv2d(planes, interest[:, None].contiguous(memory_format=torch.channels_last), padding=pad)
+        # (I d, U, H, W) stored (I, d, H, W, U): the max over channels reads contiguous blocks.
+        first = per_channel.permute(0, 2, 3, 1).reshape(i_count, d, h, w, u_count).amax(dim=1).permute(0, 3, 1, 2)
+    pooled = _pool_max(first, p)  # (I, U, h', w')
+    pooled = pooled.permute(0, 2, 3, 1).reshape(i_count, -1, u_count)  # (I, h'w', U)
+    reduced = torch.einsum("c,ichw->ihw", attention_channels, maps)[:, None]  # (I, 1, H, W)
+    coarse = F.unfold(_pool_mean(reduced, p), m, padding=pad)  # (I, m^2, h'w')
+    second = torch.matmul(coarse.transpose(1, 2), attention.reshape(u_count, m * m).T)  # (I, h'w', U)
+    return _attend(second, pooled, dim=1).T
+
+
 def preference(params: UserParams, maps: list[Tensor], shared: SharedParams, cfg: ModelConfig) -> Tensor:
     """Fused user preference o_i (claims 1-5, 9): (U, I) from maps [(I, d, H_j, W_j)] * N."""
     if len(maps) != cfg.n_layers:
         raise ValueError(f"expected {cfg.n_layers} layers of maps, got {len(maps)}")
     fused = 0.0
     for j, layer_maps in enumerate(maps):
-        readout = layer_readout(
+        o = layer_preference(
             layer_maps,
             params.interest[:, j],
             params.channel[:, j],
@@ -261,7 +328,7 @@ def preference(params: UserParams, maps: list[Tensor], shared: SharedParams, cfg
             shared.attention_channels[j],
             cfg,
         )
-        fused = fused + params.fusion[:, j : j + 1] * readout.preference()
+        fused = fused + params.fusion[:, j : j + 1] * o
     return fused
 
 
@@ -298,33 +365,52 @@ def pair_layer_preference(
 ) -> Tensor:
     """o_ij of layer j for B aligned (user, item) pairs: (B,).
 
-    maps (B, d, H, W) of the pairs' items; interest (B, m, m); channel (B, d'); attention (B, m, m).
-    Each pair has its own kernel, so the convolutions are batched matrix-vector products over
-    unfolded patches (a grouped conv with B groups is far slower on CPU). Under the spanning readout
-    the kernel c outer K is separable: F (*) (c outer K) = (c . F) (*) K, so only one plane per pair
-    is unfolded.
+    maps (B, d, H, W) of the pairs' items; interest (B, m, m); channel (B, d'); attention (B, m, m)
+    (or one row each, shared by every pair: one user against a shortlist).
+    Each pair has its own kernel, so the pairs are the channels of one image: the planes are laid
+    out (H, W, B) (channels-last) and the convolutions are depthwise (groups = B), which the CPU
+    runs vectorised across pairs. Under the spanning readout the kernel c outer K is separable:
+    F (*) (c outer K) = (c . F) (*) K, so one plane per pair is convolved.
     """
     b, d, h, w = maps.shape
     m, p = cfg.kernel_size, cfg.pool
+    pad = m // 2
+    flat = maps.reshape(b, d, h * w)
+
+    def pairs_image(planes: Tensor) -> Tensor:  # (B, H W) -> (1, B, H, W) channels-last
+        return planes.T.contiguous().view(1, h, w, b).permute(0, 3, 1, 2)
+
+    def depthwise(kernel: Tensor, count: int) -> Tensor:  # (B or 1, m, m) -> (count, 1, m, m)
+        return kernel.reshape(-1, 1, m, m).expand(count, 1, m, m).contiguous()
+
     if cfg.readout == "spanning":
-        plane = torch.einsum("bc,bchw->bhw", channel, maps)[:, None]  # (B, 1, H, W)
-        patches = F.unfold(plane, m, padding=m // 2)  # (B, m^2, HW)
-        first = torch.bmm(interest.reshape(b, 1, m * m), patches).reshape(b, h * w)
+        if channel.shape[0] == 1:  # one user: one (2, d) reduction for every pair
+            planes = torch.matmul(torch.stack([channel[0], attention_channels]), flat)  # (B, 2, H W)
+        else:
+            planes = torch.bmm(torch.stack([channel, attention_channels.expand(b, d)], dim=1), flat)
+        both = planes.permute(1, 2, 0).contiguous()  # (2, H W, B)
+        first_in = both[0].view(1, h, w, b).permute(0, 3, 1, 2)
+        reduced = both[1].view(1, h, w, b).permute(0, 3, 1, 2)
+        first = F.conv2d(first_in, depthwise(interest, b), padding=pad, groups=b)  # (1, B, H, W)
     else:
-        patches = F.unfold(maps.reshape(b * d, 1, h, w), m, padding=m // 2)  # (B d, m^2, HW)
-        kernel = interest.reshape(b, 1, m * m).repeat_interleave(d, dim=0)  # (B d, 1, m^2)
-        first = torch.bmm(kernel, patches).reshape(b, d, h * w).amax(dim=1)
-    pooled = F.max_pool2d(first.reshape(b, 1, h, w), p, p, ceil_mode=True).reshape(b, -1)  # (B, h'w')
-    reduced = torch.einsum("c,bchw->bhw", attention_channels, maps)[:, None]
-    coarse = F.avg_pool2d(reduced, p, p, ceil_mode=True)  # (B, 1, h', w')
-    coarse_patches = F.unfold(coarse, m, padding=m // 2)  # (B, m^2, h'w')
-    second = torch.bmm(attention.reshape(b, 1, m * m), coarse_patches).reshape(b, -1)
-    weights = torch.softmax(second, dim=-1)
-    return (weights * pooled).sum(dim=1)
+        # Every (pair, channel) plane is a channel of the image, stored (H, W, B, d).
+        image = maps.permute(2, 3, 0, 1).contiguous().view(1, h, w, b * d).permute(0, 3, 1, 2)
+        kernels = interest.reshape(-1, 1, m * m).expand(b, d, m * m).reshape(b * d, 1, m, m)
+        per_channel = F.conv2d(image, kernels, padding=pad, groups=b * d)  # (1, B d, H, W) stored (H, W, B, d)
+        first = per_channel.permute(0, 2, 3, 1).reshape(1, h, w, b, d).amax(dim=4).permute(0, 3, 1, 2)
+        reduced = pairs_image(torch.matmul(attention_channels, flat))
+    pooled = _pool_max(first, p)  # (1, B, h', w')
+    second = F.conv2d(_pool_mean(reduced, p), depthwise(attention, b), padding=pad, groups=b)
+    pooled = pooled.permute(0, 2, 3, 1).reshape(-1, b)  # (h'w', B)
+    second = second.permute(0, 2, 3, 1).reshape(-1, b)
+    return _attend(second, pooled, dim=0)
 
 
 def pair_scores(params: UserParams, maps: list[Tensor], item_bias: Tensor, shared: SharedParams, cfg: ModelConfig) -> Tensor:
-    """score() for B aligned pairs (user row k with item row k) without the U x I product: (B,)."""
+    """score() for B aligned pairs (user row k with item row k) without the U x I product: (B,).
+
+    params may also hold one row, shared by every pair (one user against B items).
+    """
     fused = 0.0
     for j, layer_maps in enumerate(maps):
         o = pair_layer_preference(

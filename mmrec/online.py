@@ -4,6 +4,28 @@ Only the user's own parameters move; the shared prior, channel reductions and bi
 Loss for a user with offsets delta over the event's examples (the engaged item, sampled
 negatives, ...):
     L(delta) = sum_k w_k * BCE(score_k, y_k) / sum_k w_k + l2 / 2 * ||delta||^2
+
+The step's gradient is computed in closed form (`loss_and_grad`): one user against a handful of
+items is far too small for autograd's graph to pay off (building and walking it cost more than the
+arithmetic). Shapes below: B examples, per layer j maps F (B, d, H, W), pooled grid (h, w), kernel
+width m, n = H W.
+
+    forward (spanning)                            backward (g = dL/dscore, (B,))
+    Y = c . F                (B, n)    F (*) (c outer K) = (c . F) (*) K
+    X = unfold(Y)            (B, m^2, n)
+    A = K . X                (B, n)
+    P, idx = maxpool(A)      (B, hw)             dP = g r_j w;  dA = scatter(dP at idx)
+                                                 dK = sum_b X dA;  dY = fold(K dA);  dc = sum_b F . dY
+    Z = unfold(avgpool(g_j . F))  (B, m^2, hw)
+    V = Q . Z;  w = softmax(V)                   dV = g r_j w (P - o);  dQ = sum_b Z dV
+    o = sum w P              (B,)                dr_j = sum_b g o
+    score = biases + sum_j r_j o_j               dbias = sum_b g
+(per_channel unfolds every channel, A = max over channels of K . X_c, and dA goes to the winners.)
+
+It equals autograd's gradient of `loss` (tests/test_online_grad.py, float64 to 1e-10, several
+configurations), including its tie rules: max pooling sends the gradient to the first maximum of a
+window (the index max_pool2d returns), and the per_channel max over channels splits it evenly
+between equal channels, as amax's backward does.
 """
 from __future__ import annotations
 
@@ -59,11 +81,91 @@ class OnlineLearner:
         self.layout = ParamLayout(cfg)
 
     def loss(self, offsets: Tensor, examples: Examples) -> Tensor:
-        """Scalar loss of offsets (P,) on the examples (see module docstring)."""
+        """Scalar loss of offsets (P,) on the examples (see module docstring); differentiable
+        (autograd), the definition `loss_and_grad` is tested against."""
         params = self.layout.split((self.shared.prior + offsets)[None])
         logits = score(params, examples.maps, examples.item_bias, self.shared, self.cfg)[0]
         data = (F.binary_cross_entropy_with_logits(logits, examples.labels, reduction="none") * examples.weights).sum()
         return data / examples.weights.sum() + 0.5 * self.online.l2 * offsets.square().sum()
+
+    @torch.no_grad()
+    def loss_and_grad(self, offsets: Tensor, examples: Examples) -> tuple[Tensor, Tensor]:
+        """The loss of offsets (P,) on the examples and its gradient (P,), in closed form."""
+        cfg, layout, shared = self.cfg, self.layout, self.shared
+        n_layers, m, p = cfg.n_layers, cfg.kernel_size, cfg.pool
+        if len(examples.maps) != n_layers:
+            raise ValueError(f"expected {n_layers} layers of maps, got {len(examples.maps)}")
+        pad = m // 2
+        theta = shared.prior + offsets
+        interest = theta[layout.slices["interest"]].view(n_layers, m * m)
+        channel = theta[layout.slices["channel"]].view(n_layers, cfg.channel_factor_size)
+        attention = theta[layout.slices["attention"]].view(n_layers, m * m)
+        fusion = theta[layout.slices["fusion"]]
+        spanning = cfg.readout == "spanning"
+
+        logits = shared.global_bias + theta[layout.slices["bias"]] + examples.item_bias
+        saved = []
+        for j, maps in enumerate(examples.maps):
+            b, d, h, w = maps.shape
+            flat = maps.view(b, d, h * w)
+            if spanning:  # F (*) (c outer K) = (c . F) (*) K: unfold one plane, not d
+                planes = torch.matmul(torch.stack([channel[j], shared.attention_channels[j]]), flat)  # (B, 2, n)
+                patches = F.unfold(planes[:, :1].reshape(b, 1, h, w), m, padding=pad)  # (B, m^2, n)
+                first = torch.matmul(interest[j], patches).view(b, 1, h, w)
+                reduced = planes[:, 1].reshape(b, 1, h, w)
+                winners = None
+            else:
+                patches = F.unfold(maps.reshape(b * d, 1, h, w), m, padding=pad)  # (B d, m^2, n)
+                per_channel = torch.matmul(interest[j], patches).view(b, d, h * w)
+                best = per_channel.amax(dim=1, keepdim=True)  # (B, 1, n)
+                winners = per_channel == best
+                first = best.view(b, 1, h, w)
+                reduced = torch.matmul(shared.attention_channels[j], flat).view(b, 1, h, w)
+            pooled, where = F.max_pool2d(first, p, p, ceil_mode=True, return_indices=True)  # (B, 1, h', w')
+            coarse = F.unfold(F.avg_pool2d(reduced, p, p, ceil_mode=True), m, padding=pad)  # (B, m^2, h'w')
+            second = torch.matmul(attention[j].view(1, 1, -1), coarse).view(b, -1)
+            weights = torch.softmax(second, dim=-1)  # (B, h'w')
+            pooled = pooled.view(b, -1)
+            o = (weights * pooled).sum(dim=1)  # (B,)
+            logits = logits + fusion[j] * o + maps.mean(dim=(2, 3)) @ shared.visual_bias[j]
+            saved.append((maps, patches, winners, where.view(b, -1), coarse, weights, pooled, o))
+
+        labels, example_weights = examples.labels, examples.weights
+        total = example_weights.sum()
+        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        loss = (bce * example_weights).sum() / total + 0.5 * self.online.l2 * offsets.square().sum()
+
+        g = (torch.sigmoid(logits) - labels) * example_weights / total  # dL/dscore (B,)
+        grad_interest = torch.empty(n_layers, m * m, dtype=theta.dtype)
+        grad_channel = torch.empty(n_layers, cfg.channel_factor_size, dtype=theta.dtype)
+        grad_attention = torch.empty(n_layers, m * m, dtype=theta.dtype)
+        grad_fusion = torch.empty(n_layers, dtype=theta.dtype)
+        for j, (maps, patches, winners, where, coarse, weights, pooled, o) in enumerate(saved):
+            b, d, h, w = maps.shape
+            grad_fusion[j] = g @ o
+            e = (g * fusion[j])[:, None]  # dL/do (B, 1)
+            grad_pooled = e * weights  # (B, h'w')
+            grad_second = grad_pooled * (pooled - o[:, None])  # softmax backward
+            grad_attention[j] = torch.einsum("bkn,bn->k", coarse, grad_second)
+            grad_first = torch.zeros(b, h * w, dtype=theta.dtype).scatter_add_(1, where, grad_pooled)  # (B, n)
+            if spanning:
+                grad_interest[j] = torch.einsum("bkn,bn->k", patches, grad_first)
+                # dL/d(c . F): the adjoint of the K convolution, then the channel reduction's adjoint
+                grad_plane = F.fold(interest[j][None, :, None] * grad_first[:, None, :], (h, w), m, padding=pad)
+                grad_channel[j] = torch.einsum("bcn,bn->c", maps.view(b, d, h * w), grad_plane.view(b, h * w))
+            else:
+                n = h * w
+                share = winners / winners.sum(dim=1, keepdim=True)  # amax's even split between ties
+                grad_per_channel = (share * grad_first[:, None, :]).view(b * d, n)
+                grad_interest[j] = torch.einsum("bkn,bn->k", patches, grad_per_channel)
+        grad = layout.join(
+            interest=grad_interest[None],
+            channel=grad_channel[None],
+            attention=grad_attention[None],
+            fusion=grad_fusion[None],
+            bias=g.sum()[None],
+        )[0]
+        return loss, grad + self.online.l2 * offsets
 
     def step(
         self,
@@ -81,11 +183,10 @@ class OnlineLearner:
         """
         if state.has_applied(event_id, partition, position):
             return StepResult(state=state, loss=float("nan"), applied=False)
-        offsets = state.offsets.detach().clone().requires_grad_(True)
-        loss = self.loss(offsets, examples)
-        (grad,) = torch.autograd.grad(loss, offsets)
+        offsets = state.offsets.detach()
+        loss, grad = self.loss_and_grad(offsets, examples)
         accum = state.accum + grad.square()
-        new_offsets = offsets.detach() - self.online.learning_rate * grad / (accum.sqrt() + self.online.epsilon)
+        new_offsets = offsets - self.online.learning_rate * grad / (accum.sqrt() + self.online.epsilon)
         new_state = replace(
             state,
             offsets=new_offsets,
@@ -97,4 +198,4 @@ class OnlineLearner:
             recent=state.remember_event(event_id, self.online.recent_events),
             seen=state.seen if engaged_media is None else state.remember_media(engaged_media, self.online.seen_media),
         )
-        return StepResult(state=new_state, loss=float(loss.detach()), applied=True)
+        return StepResult(state=new_state, loss=float(loss), applied=True)
