@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-offline": ("mmrec.commands.demo_offline", "the model end to end on bundled media, without Kafka"),
     "schemas": ("mmrec.commands.schemas", "write or check the JSON Schemas of the topic messages"),
     "config-reference": ("mmrec.commands.config_reference", "write or check docs/configuration.md, the table of every MMREC_* setting"),
+    "train": ("mmrec.commands.train", "fit the shared parts and every user's parameters from an interaction log"),
+    "score": ("mmrec.commands.score", "write a trained model's scores as CSV user_id,media_id,score"),
     "evaluate": ("mmrec.commands.evaluate", "full-ranking offline (and prequential) evaluation of every registered ranker"),
     "dataset": ("mmrec.commands.dataset", "generate a benchmark data set (dataset make visual-taste --out DIR)"),
     "worker": ("worker.main", "run a streaming worker against the configured Kafka cluster"),

@@ -179,10 +179,11 @@ def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path
     args = ["evaluate", str(tiny), "--prequential", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for name in ("most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"):
+    for name in ("mmrec", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"):
         assert f"\n{name} " in out
     report = json.loads((tmp_path / "r.json").read_text())
-    assert set(report["rankers"]) == {"most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}
+    assert set(report["rankers"]) == {"mmrec", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}
+    assert report["rankers"]["mmrec"]["prequential"]["online"]  # our online step ran in the replay
     vbpr = report["rankers"]["vbpr"]
     assert vbpr["params"]["features"] in ("maps", "penultimate") and len(vbpr["tuning"]) == 24
     assert len(vbpr["test"]["overall"]["curves"]["ndcg"]) == 50 and vbpr["prequential"]["online"]

@@ -11,6 +11,7 @@ import importlib
 from mmrec.evaluation.protocol import RankerSpec
 
 RANKERS: dict[str, str] = {
+    "mmrec": "mmrec.ranker:SPEC",
     "most-popular": "mmrec.baselines.popularity:SPEC",
     "bpr-mf": "mmrec.baselines.factor:BPR_MF",
     "vbpr": "mmrec.baselines.factor:VBPR",

@@ -1,0 +1,96 @@
+"""Our model as an evaluation Ranker: `mmrec train`'s fit offline, the worker's online step in the
+prequential replay (the same InteractionLearner code path as the streaming worker)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmrec.evaluation.data import EvaluationData
+from mmrec.evaluation.protocol import RankerSpec, grid
+from mmrec.feedback import FeedbackWeights
+from mmrec.interaction_log import Event, InteractionLog
+from mmrec.interaction_step import InteractionLearner
+from mmrec.messages import Interaction
+from mmrec.model import ModelConfig, score
+from mmrec.online import OnlineLearner
+from mmrec.training import PatentModel, TrainConfig, fit
+from mmrec.user_state import UserState
+
+
+class PatentRanker:
+    def __init__(self, data: EvaluationData, cfg: ModelConfig, train: TrainConfig, negatives: int) -> None:
+        self.data = data
+        self.cfg = cfg
+        self.train_config = train
+        self.negatives = negatives
+        self.catalogue = data.catalogue()
+        self.model = PatentModel(cfg, data.log.num_users, data.log.num_items)
+        self.states: dict[int, UserState] = {}
+        self.learner: InteractionLearner | None = None
+        self.events_learned = 0
+
+    def fit(self, train: InteractionLog, validation: InteractionLog | None) -> None:
+        self.model = PatentModel(self.cfg, self.data.log.num_users, self.data.log.num_items)
+        fit(self.model, train, self.catalogue, self.train_config)
+        self.catalogue.item_bias[:] = self.model.item_bias.detach()
+        online = self.data.settings.online_config()
+        self.learner = InteractionLearner(OnlineLearner(self.cfg, self.model.shared(), online), self.catalogue, FeedbackWeights(), self.negatives)
+        self.states = {}
+
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        result = self.model.scores(users, items, self.catalogue)
+        for row, user in enumerate(users.tolist()):
+            if user in self.states:  # learned online since the fit (prequential replay)
+                result[row] = self._scores_from(self.states[user].offsets, items)
+        return result
+
+    def learn(self, event: Event) -> None:
+        if self.learner is None:
+            raise RuntimeError("learn() before fit()")
+        state = self.states.get(event.user)
+        if state is None:
+            offsets = self.model.users(torch.tensor([event.user]))[0].detach()
+            state = UserState(offsets=offsets, accum=torch.zeros_like(offsets))
+        self.events_learned += 1
+        interaction = Interaction(
+            event_id=f"replay-{self.events_learned}",
+            user_id=self.data.log.user_ids[event.user],
+            media_id=self.data.log.item_ids[event.item],
+            kind=event.kind,
+            timestamp=datetime.fromtimestamp(event.time, timezone.utc),
+            watch_fraction=event.label if event.kind.value == "play" else None,
+            weight=event.weight,
+        )
+        self.states[event.user] = self.learner.apply(state, interaction).state
+
+    @torch.no_grad()
+    def _scores_from(self, offsets: Tensor, items: Tensor) -> Tensor:
+        """(I,) scores of one user's online state."""
+        params = self.model.layout.split(self.model.prior.detach() + offsets[None])
+        return score(params, self.catalogue.float_maps(items), self.model.item_bias.detach()[items], self.model.shared(), self.cfg)[0]
+
+
+def build(data: EvaluationData, params: Mapping[str, Any]) -> PatentRanker:
+    settings = data.settings
+    cfg = ModelConfig(
+        n_layers=settings.n_layers,
+        kernel_size=settings.kernel_size,
+        channels=settings.channels,
+        pool=settings.pool,
+        readout=params.get("readout", settings.readout),
+    )
+    train = TrainConfig(**{k: v for k, v in params.items() if k in TrainConfig.__dataclass_fields__}, seed=data.seed)
+    return PatentRanker(data, cfg, train, negatives=settings.negatives)
+
+
+SPEC = RankerSpec(
+    name="mmrec",
+    build=build,
+    grid=grid(user_l2=(1e-4, 1e-3), learning_rate=(0.01,)),
+    requires=frozenset({"media"}),
+    description="the patent model (claims 1-9): per-user interest and attention kernels over CNN feature maps",
+)
