@@ -38,6 +38,8 @@ class Catalogue:
         self._row: dict[str, int] = {}
         self._maps: list[Tensor] = []
         self._bias = torch.zeros(0)
+        self._revision = 0
+        self._row_revision = torch.zeros(0, dtype=torch.long)  # revision that last wrote each row
         self._shapes: tuple[LayerShape, ...] | None = None
         if layer_shapes is not None:
             self._allocate(tuple((d, h, w) for d, h, w in layer_shapes), capacity)
@@ -79,6 +81,16 @@ class Catalogue:
         """Bytes allocated for maps and bias (capacity rows, not just the live ones)."""
         return sum(t.numel() * t.element_size() for t in (*self._maps, self._bias))
 
+    @property
+    def revision(self) -> int:
+        """Counts the add() calls that wrote maps; see rows_changed_since."""
+        return self._revision
+
+    def rows_changed_since(self, revision: int) -> Tensor:
+        """Rows whose maps were written (added or replaced) after `revision` (K,) long: lets data
+        derived per row (the retrieval index) follow the catalogue."""
+        return torch.nonzero(self._row_revision[: len(self._ids)] > revision).flatten()
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -105,6 +117,8 @@ class Catalogue:
         index = torch.tensor([self._row[media_id] for media_id in latest], dtype=torch.long)
         for j, storage in enumerate(self._maps):
             storage[index] = torch.stack([item.maps[j] for item in latest.values()]).to(storage.dtype)
+        self._revision += 1
+        self._row_revision[index] = self._revision
         return torch.tensor([self._row[item.media_id] for item in batch], dtype=torch.long)
 
     def rows(self, media_ids: Iterable[str]) -> Tensor:
@@ -164,7 +178,9 @@ class Catalogue:
             maps.append(new)
         bias = torch.zeros(capacity)
         bias[:n] = self._bias[:n]
-        self._maps, self._bias = maps, bias
+        row_revision = torch.zeros(capacity, dtype=torch.long)
+        row_revision[:n] = self._row_revision[:n]
+        self._maps, self._bias, self._row_revision = maps, bias, row_revision
 
 
 def _shapes_of(item: ItemFeatures) -> tuple[LayerShape, ...]:
