@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mmrec.model import ModelConfig, Readout
 from mmrec.online import OnlineConfig
+from mmrec.retrieval import RetrievalConfig
 
 
 def _split_commas(value: object) -> object:
@@ -77,6 +78,25 @@ class RecommendSettings(BaseModel):
     refresh_debounce_ms: float = Field(20.0, ge=0, le=60_000, description="Events of one user closer than this are answered with one refresh.")
     refresh_batch: int = Field(64, ge=1, le=4096, description="Users scored together in one refresh batch.")
     active_user_window_s: float = Field(3600.0, ge=0, description="Users active this recently get a refresh when new media arrive.")
+
+
+class RetrievalSettings(BaseModel):
+    retrieval: Literal["auto", "exact", "shortlist"] = Field("auto", description="How a refresh ranks the catalogue: 'exact' scores every item; 'shortlist' ranks every item by a linear surrogate of the score and re-scores only each user's best few exactly (docs/design.md, Retrieval); 'auto' = exact below retrieval_min_items items.")
+    retrieval_min_items: int = Field(5_000, ge=0, description="With retrieval=auto, catalogues of at least this many items are ranked through the shortlist.")
+    retrieval_shortlist_factor: int = Field(10, ge=1, le=1000, description="Items re-scored exactly per item published: a shortlist of factor x top_k items (at least retrieval_shortlist_min).")
+    retrieval_shortlist_min: int = Field(100, ge=1, le=100_000, description="Smallest shortlist re-scored exactly per user.")
+    retrieval_partition_min_items: int = Field(200_000, ge=1, description="Catalogues of at least this many items get an inverted-file index (k-means lists) over the surrogate, so a refresh reads a few percent of the item vectors.")
+    retrieval_partition_probe: float = Field(0.03, gt=0, le=1, description="Fraction of the inverted-file lists a refresh reads (more: higher recall, slower).")
+
+    def retrieval_config(self) -> RetrievalConfig:
+        return RetrievalConfig(
+            mode=self.retrieval,
+            min_items=self.retrieval_min_items,
+            shortlist_factor=self.retrieval_shortlist_factor,
+            shortlist_min=self.retrieval_shortlist_min,
+            partition_min_items=self.retrieval_partition_min_items,
+            partition_probe=self.retrieval_partition_probe,
+        )
 
 
 class KafkaSettings(BaseModel):
@@ -145,6 +165,7 @@ class Settings(
     ExtractionSettings,
     LearningSettings,
     RecommendSettings,
+    RetrievalSettings,
     KafkaSettings,
     WorkerSettings,
     FetchSettings,

@@ -48,7 +48,7 @@ class Runtime:
         self.interactions = InteractionLearner(
             OnlineLearner(self.cfg, self.shared, settings.online_config()), self.catalogue, FeedbackWeights(), settings.negatives
         )
-        self.recommender = Recommender(self.cfg, self.shared)
+        self.recommender = Recommender(self.cfg, self.shared, settings.retrieval_config())
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="mmrec-model")
         self.extract_thread = ThreadPoolExecutor(1, thread_name_prefix="mmrec-extract")
         self._extractor: FeatureExtractor | None = None

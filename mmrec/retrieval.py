@@ -1,0 +1,287 @@
+"""The retrieval stage: a per-user shortlist from a linear surrogate of the score, re-ranked exactly.
+
+Exact scoring costs ~66k FLOPs per (user, item) pair; a refresh over a large catalogue scores a
+surrogate for every item instead and the patent score (model.pair_scores) only for the best S.
+
+The surrogate replaces the user's interest kernel K_j by its sum times a box filter (K_j is a box at
+the prior and stays near one) and claim 8's attention by uniform weights. With G_jc = box_m (*) F_jc
+(each channel smoothed alone, zero padding) and w_jc = (sum K_j) c_jc, the spanning readout's
+first feature matrix is ~ sum_c w_jc G_jc, and its mean max-pooled value is at most
+    sum_c [ w_jc^+ Mmax_jc(x) + w_jc^- Mmin_jc(x) ],
+where Mmax / Mmin are the means over pooling windows of each window's max / min of G_jc (the max of
+a sum is at most the sum of the maxes). So, linear in per-item vectors psi(x):
+    s~(u, x) = b_x + sum_j [ v_j . mean F_j(x) + r_j sum_c (w_jc^+ Mmax_jc(x) + w_jc^- Mmin_jc(x)) ]
+    psi(x) = [mean F_j, Mmax_j, Mmin_j]_j               (N, 3, d) -> D = 3 N d = 72 at the defaults
+    phi(u) = [v_j, r_j w_j^+, r_j w_j^-]_j
+Under the per_channel readout (a max over channels) the item terms are the window max / min of
+max_c G_jc / min_c G_jc, one number each per layer, weighted by r_j (sum K_j)^+ and r_j (sum K_j)^-.
+Biases that do not depend on the item (global, user) do not change a ranking and are left out.
+docs/design.md ("Retrieval") has the measured recall against exact top-K.
+
+Large catalogues also get an inverted-file index over psi (k-means lists): a user's shortlist then
+comes from the lists whose centroids score best under phi(u), so a refresh reads a few percent of
+the item vectors instead of all of them. Items added after the lists were built are scanned in
+full until the next rebuild.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmrec.model import ModelConfig, ParamLayout, SharedParams, UserParams, pair_scores
+
+RetrievalMode = Literal["auto", "exact", "shortlist"]
+
+_SCAN_CHUNK = 1 << 16  # items per surrogate matrix product when scanning everything
+_PAIR_CHUNK = 2048  # (user, item) pairs per exact re-scoring call: ~30 MB of float32 maps
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How a refresh ranks the catalogue (mmrec.settings.RetrievalSettings documents each field)."""
+
+    mode: RetrievalMode = "auto"
+    min_items: int = 5_000  # auto: a shortlist from this many items on, exact scoring below
+    shortlist_factor: int = 10  # S = shortlist_factor * k items re-scored exactly per user ...
+    shortlist_min: int = 100  # ... but at least this many
+    partition_min_items: int = 200_000  # an inverted-file index from this many items on
+    partition_probe: float = 0.03  # fraction of the lists a query reads
+    seed: int = 0  # k-means initialisation
+
+    def shortlist_size(self, k: int) -> int:
+        return max(self.shortlist_min, self.shortlist_factor * k)
+
+    def uses_shortlist(self, items: int) -> bool:
+        return self.mode == "shortlist" or (self.mode == "auto" and items >= self.min_items)
+
+
+class ItemSource(Protocol):
+    """What the retrieval stage reads of a catalogue (mmrec.catalogue.Catalogue, or a memory-mapped
+    store of the same shape for catalogues larger than memory)."""
+
+    @property
+    def revision(self) -> int: ...
+
+    @property
+    def item_bias(self) -> Tensor: ...
+
+    def rows_changed_since(self, revision: int) -> Tensor: ...
+
+    def float_maps(self, index: slice | Tensor | None = None) -> list[Tensor]: ...
+
+    def __len__(self) -> int: ...
+
+
+def item_vectors(maps: Sequence[Tensor], cfg: ModelConfig) -> Tensor:
+    """psi: the surrogate's per-item vectors (I, D) from maps [(I, d, H_j, W_j)] * N."""
+    m, p = cfg.kernel_size, cfg.pool
+    parts = []
+    for layer in maps:
+        i_count, d, h, w = layer.shape
+        box = layer.new_full((d, 1, m, m), 1.0 / (m * m))
+        smooth = F.conv2d(layer, box, padding=m // 2, groups=d)  # G (I, d, H, W)
+        if cfg.readout == "per_channel":
+            top, bottom = smooth.amax(dim=1, keepdim=True), smooth.amin(dim=1, keepdim=True)
+        else:
+            top, bottom = smooth, smooth
+        ceil = bool(h % p or w % p)
+        high = F.max_pool2d(top, p, p, ceil_mode=ceil).mean(dim=(2, 3))
+        low = -F.max_pool2d(-bottom, p, p, ceil_mode=ceil).mean(dim=(2, 3))
+        parts += [layer.mean(dim=(2, 3)), high, low]
+    return torch.cat(parts, dim=1)
+
+
+def user_vectors(params: UserParams, shared: SharedParams, cfg: ModelConfig) -> Tensor:
+    """phi: the surrogate's per-user vectors (U, D), in psi's layout."""
+    parts = []
+    for j in range(cfg.n_layers):
+        gain = params.interest[:, j].sum(dim=(1, 2))  # sum K_j (U,)
+        if cfg.readout == "per_channel":
+            weight = (params.fusion[:, j] * gain)[:, None]  # (U, 1)
+            up, down = weight * (gain[:, None] >= 0), weight * (gain[:, None] < 0)
+        else:
+            w = gain[:, None] * params.channel[:, j]  # (U, d)
+            r = params.fusion[:, j : j + 1]
+            up, down = r * w.clamp(min=0), r * w.clamp(max=0)
+        parts += [shared.visual_bias[j].expand(params.flat.shape[0], -1), up, down]
+    return torch.cat(parts, dim=1)
+
+
+class _Partitions:
+    """An inverted file over item vectors: k-means centroids and the rows of each list, in list order."""
+
+    def __init__(self, vectors: Tensor, rows: Tensor, seed: int) -> None:
+        n = vectors.shape[0]
+        lists = max(1, int(2 * math.sqrt(n)))
+        gen = torch.Generator().manual_seed(seed)
+        sample = vectors[torch.randperm(n, generator=gen)[: min(n, 64 * lists)]]
+        centroids = sample[torch.randperm(sample.shape[0], generator=gen)[:lists]].clone()
+        for _ in range(8):  # Lloyd on a sample; empty lists keep their centroid
+            assign = _nearest(sample, centroids)
+            sums = torch.zeros_like(centroids).index_add_(0, assign, sample)
+            counts = torch.bincount(assign, minlength=lists).to(sample.dtype)
+            filled = counts > 0
+            centroids[filled] = sums[filled] / counts[filled, None]
+        assign = torch.cat([_nearest(vectors[s : s + _SCAN_CHUNK], centroids) for s in range(0, n, _SCAN_CHUNK)])
+        order = torch.argsort(assign, stable=True)
+        counts = torch.bincount(assign, minlength=lists)
+        self.centroids = centroids  # (L, D)
+        self.starts = torch.cumsum(counts, 0) - counts  # (L,)
+        self.counts = counts
+        self.rows = rows[order]  # catalogue rows, list after list
+        self.vectors = vectors[order].contiguous()  # psi in the same order
+
+    @property
+    def size(self) -> int:
+        return self.rows.shape[0]
+
+    def candidates(self, phi: Tensor, probe: float) -> tuple[Tensor, Tensor]:
+        """The rows and vectors of the lists whose centroids score best under phi (D,)."""
+        lists = max(1, math.ceil(probe * self.centroids.shape[0]))
+        best = torch.topk(self.centroids @ phi, lists).indices
+        starts, counts = self.starts[best], self.counts[best]
+        total = int(counts.sum())
+        # positions of every probed list's members, without a Python loop over lists
+        offsets = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts)
+        positions = torch.arange(total) + offsets
+        return self.rows[positions], self.vectors[positions]
+
+
+def _nearest(x: Tensor, centroids: Tensor) -> Tensor:
+    """Index of the nearest centroid (Euclidean) of each row of x."""
+    return (centroids.square().sum(dim=1)[None, :] - 2 * x @ centroids.T).argmin(dim=1)
+
+
+class Retriever:
+    """Keeps the surrogate's item vectors in step with a catalogue and shortlists items for users."""
+
+    def __init__(self, cfg: ModelConfig, shared: SharedParams, config: RetrievalConfig | None = None) -> None:
+        self.cfg = cfg
+        self.shared = shared
+        self.config = config or RetrievalConfig()
+        self.layout = ParamLayout(cfg)
+        self._vectors = torch.zeros(0, self._dim())
+        self._revision = -1  # catalogue revision the vectors reflect
+        self._source: int | None = None  # id() of the catalogue they were computed from
+        self._partitions: _Partitions | None = None
+        self._stale = torch.zeros(0, dtype=torch.bool)  # rows changed since the partitions were built
+
+    # -- the item side ----------------------------------------------------------------------------
+
+    def sync(self, catalogue: ItemSource) -> None:
+        """Computes the vectors of rows added or replaced since the last call."""
+        if self._source != id(catalogue):
+            self._source, self._revision, self._partitions = id(catalogue), -1, None
+            self._vectors = torch.zeros(0, self._dim())
+            self._stale = torch.zeros(0, dtype=torch.bool)
+        n = len(catalogue)
+        if catalogue.revision == self._revision and self._vectors.shape[0] >= n:
+            return
+        changed = torch.arange(n) if self._revision < 0 else catalogue.rows_changed_since(self._revision)
+        if self._vectors.shape[0] < n:
+            grown = torch.zeros(max(n, 2 * self._vectors.shape[0]), self._dim())
+            grown[: self._vectors.shape[0]] = self._vectors
+            self._vectors = grown
+            stale = torch.zeros(grown.shape[0], dtype=torch.bool)
+            stale[: self._stale.shape[0]] = self._stale
+            self._stale = stale
+        for start in range(0, changed.numel(), 4096):
+            rows = changed[start : start + 4096]
+            self._vectors[rows] = item_vectors(catalogue.float_maps(rows), self.cfg)
+        self._stale[changed] = True
+        self._revision = catalogue.revision
+        self._maybe_partition(n)
+
+    def _dim(self) -> int:
+        per_layer = 3 * self.cfg.channels if self.cfg.readout == "spanning" else self.cfg.channels + 2
+        return self.cfg.n_layers * per_layer
+
+    def _maybe_partition(self, n: int) -> None:
+        """(Re)builds the lists once the catalogue is large enough, and again when a quarter of the
+        items changed since the last build (those are scanned in full meanwhile)."""
+        if n < self.config.partition_min_items:
+            self._partitions = None
+            return
+        stale = int(self._stale[:n].sum())
+        if self._partitions is None or stale > n // 4:
+            self._partitions = _Partitions(self._vectors[:n], torch.arange(n), self.config.seed)
+            self._stale[:n] = False
+
+    @property
+    def partitioned(self) -> bool:
+        return self._partitions is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: item vectors, plus the lists' reordered copy when partitioned."""
+        total = self._vectors.numel() * 4 + self._stale.numel()
+        if self._partitions is not None:
+            part = self._partitions
+            total += (part.vectors.numel() + part.centroids.numel()) * 4 + (part.rows.numel() + 2 * part.counts.numel()) * 8
+        return total
+
+    # -- shortlists -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def shortlist(self, offsets: Tensor, catalogue: ItemSource, size: int) -> Tensor:
+        """The best `size` catalogue rows of each user under the surrogate: (U, S) long, S = min(size, I)."""
+        self.sync(catalogue)
+        n = len(catalogue)
+        size = min(size, n)
+        phi = user_vectors(self.layout.split(self.shared.prior + offsets), self.shared, self.cfg)  # (U, D)
+        bias = catalogue.item_bias
+        if self._partitions is None:
+            return _top_rows(phi, self._vectors[:n], bias, torch.arange(n), size)
+        fresh = torch.nonzero(self._stale[:n]).flatten()  # scanned in full
+        out = []
+        for u in range(phi.shape[0]):
+            rows, vectors = self._partitions.candidates(phi[u], self.config.partition_probe)
+            keep = ~self._stale[rows]
+            rows = torch.cat([rows[keep], fresh])
+            vectors = torch.cat([vectors[keep], self._vectors[fresh]])
+            if rows.numel() < size:  # tiny probe on a small index: fall back to everything
+                rows, vectors = torch.arange(n), self._vectors[:n]
+            out.append(_top_rows(phi[u : u + 1], vectors, bias, rows, size)[0])
+        return torch.stack(out)
+
+    @torch.inference_mode()
+    def rescore(self, offsets: Tensor, catalogue: ItemSource, rows: Tensor) -> Tensor:
+        """Exact scores (U, S) of each user's shortlisted rows (U, S)."""
+        users, size = rows.shape
+        out = torch.empty(users, size)
+        flat_rows = rows.reshape(-1)
+        owner = torch.arange(users).repeat_interleave(size)
+        params_all = self.shared.prior + offsets
+        for start in range(0, users * size, _PAIR_CHUNK):
+            stop = min(start + _PAIR_CHUNK, users * size)
+            part = flat_rows[start:stop]
+            who = owner[start:stop]
+            one_user = bool((who == who[0]).all())
+            params = self.layout.split(params_all[who[:1]] if one_user else params_all[who])
+            scores = pair_scores(params, catalogue.float_maps(part), catalogue.item_bias[part], self.shared, self.cfg)
+            out.view(-1)[start:stop] = scores
+        return out
+
+
+def _top_rows(phi: Tensor, vectors: Tensor, bias: Tensor, rows: Tensor, size: int) -> Tensor:
+    """The `size` rows (of `rows`, whose vectors are `vectors`) with the best surrogate per user: (U, S)."""
+    best_values: Tensor | None = None
+    best_rows: Tensor | None = None
+    for start in range(0, rows.numel(), _SCAN_CHUNK):
+        chunk_rows = rows[start : start + _SCAN_CHUNK]
+        values = torch.addmm(bias[chunk_rows][None, :], phi, vectors[start : start + _SCAN_CHUNK].T)
+        if best_values is not None:
+            values = torch.cat([best_values, values], dim=1)
+            chunk_rows = torch.cat([best_rows, chunk_rows.expand(phi.shape[0], -1)], dim=1)
+        else:
+            chunk_rows = chunk_rows.expand(phi.shape[0], -1)
+        top = torch.topk(values, min(size, values.shape[1]), dim=1, sorted=False)
+        best_values, best_rows = top.values, chunk_rows.gather(1, top.indices)
+    assert best_rows is not None
+    return best_rows

@@ -1,0 +1,168 @@
+"""The retrieval stage: its surrogate is what docs/design.md derives, and its shortlists re-ranked
+exactly give exact top-K whenever the shortlist holds the exact top-K."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmrec.bench.synthetic import ArrayCatalogue, concept_items
+from mmrec.catalogue import Catalogue
+from mmrec.model import ModelConfig, ParamLayout, SharedParams, score
+from mmrec.recommend import Recommender
+from mmrec.retrieval import RetrievalConfig, Retriever, item_vectors, user_vectors
+from mmrec.user_state import id_hash
+from tests.synthetic_items import VERSION, make_items
+
+CFG = ModelConfig()
+GRIDS = [(14, 14), (14, 14), (7, 7)]
+
+
+def shared_params(cfg: ModelConfig, dtype=torch.float64, seed: int = 0) -> SharedParams:
+    gen = torch.Generator().manual_seed(seed)
+    shared = SharedParams.initial(cfg).to(dtype)
+    shared.attention_channels = torch.randn(cfg.n_layers, cfg.channels, generator=gen, dtype=dtype)
+    shared.visual_bias = 0.3 * torch.randn(cfg.n_layers, cfg.channels, generator=gen, dtype=dtype)
+    shared.global_bias = torch.tensor(0.1, dtype=dtype)
+    return shared
+
+
+def box_users(cfg: ModelConfig, shared: SharedParams, users: int, one_hot: bool, seed: int = 1) -> torch.Tensor:
+    """Offsets of users whose interest kernels are scaled boxes and whose attention is uniform (Q = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    layout, m, n = ParamLayout(cfg), cfg.kernel_size, cfg.n_layers
+    gain = 0.5 + 2 * torch.rand(users, n, 1, 1, generator=gen, dtype=torch.float64)
+    if cfg.readout == "spanning":
+        if one_hot:
+            channel = torch.zeros(users, n, cfg.channels, dtype=torch.float64)
+            pick = torch.randint(0, cfg.channels, (users, n), generator=gen)
+            channel.scatter_(2, pick[..., None], torch.randn(users, n, 1, generator=gen, dtype=torch.float64))
+        else:
+            channel = torch.randn(users, n, cfg.channels, generator=gen, dtype=torch.float64)
+    else:
+        channel = torch.zeros(users, n, 0, dtype=torch.float64)
+    flat = layout.join(
+        interest=gain.expand(users, n, m, m) / (m * m),
+        channel=channel,
+        attention=torch.zeros(users, n, m, m, dtype=torch.float64),
+        fusion=0.2 + torch.rand(users, n, generator=gen, dtype=torch.float64),
+        bias=torch.randn(users, generator=gen, dtype=torch.float64),
+    )
+    return flat - shared.prior
+
+
+@pytest.mark.parametrize("cfg", [CFG, ModelConfig(readout="per_channel")])
+def test_surrogate_is_exact_for_box_kernels_one_channel_and_uniform_attention(cfg):
+    """The derivation's approximations are equalities in this case: K = s box, Q = 0, c one-hot."""
+    shared = shared_params(cfg)
+    offsets = box_users(cfg, shared, users=5, one_hot=True)
+    maps = [torch.randn(9, cfg.channels, h, w, generator=torch.Generator().manual_seed(2), dtype=torch.float64) for h, w in GRIDS]
+    item_bias = torch.randn(9, dtype=torch.float64)
+    params = ParamLayout(cfg).split(shared.prior + offsets)
+    surrogate = user_vectors(params, shared, cfg) @ item_vectors(maps, cfg).T + item_bias
+    exact = score(params, maps, item_bias, shared, cfg) - shared.global_bias - params.bias[:, None]
+    torch.testing.assert_close(surrogate, exact, rtol=0, atol=1e-10)
+
+
+def test_surrogate_bounds_the_score_from_above_for_box_kernels():
+    """With several channels the max of a sum is at most the sum of the maxes (r > 0, Q = 0)."""
+    shared = shared_params(CFG)
+    offsets = box_users(CFG, shared, users=6, one_hot=False)
+    maps = [torch.randn(20, CFG.channels, h, w, generator=torch.Generator().manual_seed(3), dtype=torch.float64) for h, w in GRIDS]
+    params = ParamLayout(CFG).split(shared.prior + offsets)
+    surrogate = user_vectors(params, shared, CFG) @ item_vectors(maps, CFG).T
+    exact = score(params, maps, torch.zeros(20, dtype=torch.float64), shared, CFG) - shared.global_bias - params.bias[:, None]
+    assert (surrogate >= exact - 1e-12).all()
+    assert (surrogate > exact + 1e-6).any()
+
+
+def catalogue(items: int, seed: int = 0) -> Catalogue:
+    cat = Catalogue(VERSION)
+    cat.add(make_items(items, start=seed * 10_000))
+    cat.item_bias[:] = torch.linspace(-0.5, 0.5, items)
+    return cat
+
+
+def trained_like_offsets(users: int, seed: int = 0) -> torch.Tensor:
+    return 0.3 * torch.randn(users, ParamLayout(CFG).size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_shortlist_as_large_as_the_catalogue_gives_exact_top_k():
+    cat = catalogue(40)
+    offsets = trained_like_offsets(3)
+    shared = SharedParams.initial(CFG)
+    exact = Recommender(CFG, shared, RetrievalConfig(mode="exact")).top_k(offsets, cat, k=7)
+    short = Recommender(CFG, shared, RetrievalConfig(mode="shortlist", shortlist_min=40)).top_k(offsets, cat, k=7)
+    assert [[r.media_id for r in u] for u in short] == [[r.media_id for r in u] for u in exact]
+    torch.testing.assert_close(torch.tensor([[r.score for r in u] for u in short]), torch.tensor([[r.score for r in u] for u in exact]))
+
+
+def test_rescored_shortlist_equals_exact_scores_of_those_rows():
+    cat = catalogue(30)
+    offsets = trained_like_offsets(4, seed=1)
+    shared = SharedParams.initial(CFG)
+    retriever = Retriever(CFG, shared, RetrievalConfig(mode="shortlist"))
+    rows = retriever.shortlist(offsets, cat, 12)
+    assert rows.shape == (4, 12) and all(len(set(r.tolist())) == 12 for r in rows)
+    full = Recommender(CFG, shared, RetrievalConfig(mode="exact")).scores(offsets, cat)
+    torch.testing.assert_close(retriever.rescore(offsets, cat, rows), full.gather(1, rows))
+
+
+def test_shortlist_mode_leaves_out_seen_media():
+    cat = catalogue(50)
+    offsets = trained_like_offsets(1, seed=2)
+    rec = Recommender(CFG, SharedParams.initial(CFG), RetrievalConfig(mode="shortlist", shortlist_min=50))
+    best = rec.top_k(offsets, cat, k=5)[0]
+    again = rec.top_k(offsets, cat, k=5, seen=[[id_hash(best[0].media_id), id_hash("unknown")]])[0]
+    assert best[0].media_id not in [r.media_id for r in again]
+    assert [r.media_id for r in again][:4] == [r.media_id for r in best][1:]
+
+
+def test_the_index_follows_added_and_replaced_items():
+    cat = catalogue(20)
+    shared = SharedParams.initial(CFG)
+    retriever = Retriever(CFG, shared, RetrievalConfig(mode="shortlist"))
+    offsets = trained_like_offsets(2, seed=3)
+    retriever.shortlist(offsets, cat, 5)
+    cat.add(make_items(10, start=500))
+    replaced = make_items(1, start=900)[0]
+    replaced = type(replaced)(**{**replaced.__dict__, "media_id": cat.ids[3]})
+    cat.add([replaced])
+    retriever.shortlist(offsets, cat, 5)
+    torch.testing.assert_close(retriever._vectors[:30], item_vectors(cat.float_maps(), CFG))
+
+
+def test_partitioned_index_with_every_list_probed_equals_the_full_scan():
+    maps, _ = concept_items(600, seed=4)
+    cat = ArrayCatalogue([m.to(torch.float16) for m in maps])
+    shared = SharedParams.initial(CFG)
+    offsets = trained_like_offsets(3, seed=4)
+    full = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", partition_min_items=10**9))
+    lists = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", partition_min_items=100, partition_probe=1.0))
+    a, b = full.shortlist(offsets, cat, 50), lists.shortlist(offsets, cat, 50)
+    assert lists.partitioned and not full.partitioned
+    assert [set(r.tolist()) for r in a] == [set(r.tolist()) for r in b]
+    few = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", partition_min_items=100, partition_probe=0.2))
+    rows = few.shortlist(offsets, cat, 50)
+    assert rows.shape == (3, 50) and all(len(set(r.tolist())) == 50 for r in rows)
+
+
+def test_shortlists_of_concept_items_hold_most_of_the_exact_top_10():
+    """A sanity floor (the benchmark measures the real recall): users who like one concept."""
+    maps, concepts = concept_items(2000, seed=5)
+    cat = ArrayCatalogue([m.to(torch.float16) for m in maps])
+    shared = SharedParams.initial(CFG)
+    layout, n, m = ParamLayout(CFG), CFG.n_layers, CFG.kernel_size
+    from mmrec.bench.synthetic import _signatures
+
+    signatures = _signatures([(8, h, w) for h, w in GRIDS])
+    users = torch.stack([layout.join(
+        interest=torch.full((1, n, m, m), 2.0 / 9),
+        channel=torch.stack([s[c] for s in signatures])[None],
+        attention=0.3 * torch.randn(1, n, m, m, generator=torch.Generator().manual_seed(c)),
+        fusion=torch.full((1, n), 0.5),
+        bias=torch.zeros(1),
+    )[0] for c in (3, 17, 42)]) - shared.prior
+    exact = Recommender(CFG, shared, RetrievalConfig(mode="exact")).scores(users, cat)
+    rows = Retriever(CFG, shared, RetrievalConfig(mode="shortlist")).shortlist(users, cat, 100)
+    recall = [len(set(rows[u].tolist()) & set(exact[u].topk(10).indices.tolist())) / 10 for u in range(3)]
+    assert min(recall) >= 0.8, recall
