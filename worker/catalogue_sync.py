@@ -6,6 +6,7 @@ exactly where the store left off; the topic is the source of truth, the store a 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -28,6 +29,7 @@ class CatalogueSync:
         self.listeners = list(listeners)
         self.topic = runtime.settings.topic_features
         self.caught_up = False  # read up to the end offsets seen at start (or a poll came back empty)
+        self.ready = asyncio.Event()  # set with caught_up: the learning agents wait for it
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -45,10 +47,14 @@ class CatalogueSync:
                 if records:
                     await self.ingest(records)
                 if not self.caught_up and (not records or await self._reached(consumer, ends)):
-                    self.caught_up = True
-                    log.info("catalogue sync: caught up with %d items", len(self.runtime.catalogue))
+                    self.mark_caught_up()
         finally:
             await consumer.stop()
+
+    def mark_caught_up(self) -> None:
+        self.caught_up = True
+        self.ready.set()
+        log.info("catalogue sync: caught up with %d items", len(self.runtime.catalogue))
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         """Assigns every partition at its checkpoint; returns the end offsets at this moment."""

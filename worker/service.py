@@ -48,6 +48,7 @@ class Worker:
     runtime: Runtime
     metrics: Metrics
     health: Health
+    catalogue: CatalogueSync | None = None  # None for the extract role
 
 
 def app_id(settings: Settings) -> str:
@@ -93,9 +94,11 @@ def create_worker(settings: Settings, metrics: Metrics | None = None, *, web_ena
         async def close_fetcher(sender: faust.App, **_: object) -> None:
             await fetcher.close()
 
+    sync: CatalogueSync | None = None
     if role in SCORING:
         listeners = []
         refresher: Refresher | None = None
+        learning: Learning | None = None
         if role in PUBLISHING:
             refresher = Refresher(runtime, topics.recommendations)
             listeners.append(refresher.on_new_items)
@@ -113,6 +116,8 @@ def create_worker(settings: Settings, metrics: Metrics | None = None, *, web_ena
             attach_scoring(app, topics, runtime, dead, refresher)
         sync = CatalogueSync(runtime, dead, listeners)
         health.catalogue = sync
+        if learning is not None:
+            learning.catalogue_ready = sync.ready  # no step before the catalogue holds every item known at start
         app.task(sync.run)
 
         if refresher is not None:
@@ -123,4 +128,4 @@ def create_worker(settings: Settings, metrics: Metrics | None = None, *, web_ena
             async def forget_revoked(sender: faust.App, revoked: set[TP], **_: object) -> None:
                 active.forget({tp.partition for tp in revoked if tp.topic == users_topic})
 
-    return Worker(app=app, topics=topics, tables=tables, runtime=runtime, metrics=metrics, health=health)
+    return Worker(app=app, topics=topics, tables=tables, runtime=runtime, metrics=metrics, health=health, catalogue=sync)
