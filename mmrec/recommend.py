@@ -16,8 +16,8 @@ from mmrec.user_state import id_hash
 
 # Exact scoring works through the catalogue in chunks whose widest intermediate, (chunk, U, H, W)
 # float32, is about this many bytes: small enough to stay in a core's L2 cache (measured best near
-# 1.5-2 MB on 2 MB-L2 cores), large enough to amortise per-call overhead.
-_CHUNK_BYTES = 2 * 2**20
+# 2-4 MB on 2 MB-L2 cores), large enough to amortise per-call overhead.
+_CHUNK_BYTES = 4 * 2**20
 # With few users the scorer goes pair by pair (model._FEW_USERS) and per-item memory dominates.
 _MAX_CHUNK_ITEMS = 4096
 
@@ -65,6 +65,17 @@ class Recommender:
 
         Exact below the retrieval stage's threshold; above it, the best of each user's shortlist.
         """
+        rows, values = self.top_k_rows(offsets, catalogue, k, seen)
+        ids = catalogue.ids
+        return [
+            [Ranked(ids[r], s) for r, s in zip(user_rows, user_scores) if s != float("-inf")]
+            for user_rows, user_scores in zip(rows.tolist(), values.tolist())
+        ]
+
+    @torch.inference_mode()
+    def top_k_rows(self, offsets: Tensor, catalogue: Catalogue, k: int, seen: Sequence[Sequence[int]] = ()) -> tuple[Tensor, Tensor]:
+        """top_k as catalogue rows (U, k') long and scores (U, k'), best first; k' = min(k, items),
+        and a score of -inf marks a slot left empty (the user has seen almost everything)."""
         if not self.retrieval.uses_shortlist(len(catalogue)):
             candidates, values = None, self.scores(offsets, catalogue)
         else:
@@ -81,11 +92,11 @@ class Recommender:
                 values[user, torch.isin(candidates[user], torch.tensor(rows))] = float("-inf")
         best = values.topk(min(k, values.shape[1]), dim=1)
         chosen = best.indices if candidates is None else candidates.gather(1, best.indices)
-        ids = catalogue.ids
-        return [
-            [Ranked(ids[r], s) for r, s in zip(rows, scores) if s != float("-inf")]
-            for rows, scores in zip(chosen.tolist(), best.values.tolist())
-        ]
+        return chosen, best.values
+
+    def pairs_per_user(self, items: int, k: int) -> int:
+        """(user, item) pairs one user's top_k scores exactly: the shortlist, or every item."""
+        return min(items, self.retrieval.shortlist_size(k)) if self.retrieval.uses_shortlist(items) else items
 
     def _rows_of(self, hashes: Sequence[int], catalogue: Catalogue) -> list[int]:
         """Catalogue rows of media id hashes (rows are stable, so the index only grows)."""

@@ -1,8 +1,16 @@
 """The scoring agent: publishes a user's refreshed top-K after their state changes (debounced per
 user, batched across users) and when new media arrive for recently active users.
 
+A refresh goes through the recommender, so large catalogues are ranked by the retrieval stage (a
+surrogate shortlist re-scored exactly, mmrec.retrieval) and small ones exactly. A refresh batch is
+capped in (user, item) pairs scored (`_PAIRS_PER_BATCH`), so the online steps that share the model
+thread wait behind at most one short batch.
+
 New media are scored only against each active user's current top-K (the rest of the catalogue has
 not changed for them), and a list is published only when a new item enters it.
+
+Per active user this holds ~1 KB: offsets and seen-media hashes as bytes, the published list as
+catalogue rows and scores (numpy), not Python objects (docs/design.md, "Memory").
 """
 from __future__ import annotations
 
@@ -12,25 +20,29 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import numpy as np
 import torch
 from faust.types import TopicT
-from torch import Tensor
 
 from mmrec.messages import RankedItem, Recommendations, Trigger
-from mmrec.recommend import Ranked
 from mmrec.user_state import UserState
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+# Pairs scored exactly per refresh call on the model thread (~10-30 ms on one core): at the default
+# shortlist of 200, about 20 users.
+_PAIRS_PER_BATCH = 4096
 
-@dataclass
+
+@dataclass(slots=True)
 class ActiveUser:
-    offsets: Tensor  # (P,)
-    seen: tuple[int, ...]
+    offsets: bytes  # (P,) float32
+    seen: bytes  # uint64 media id hashes
     partition: int
     last_active: float  # unix seconds
-    top: list[Ranked] | None = None  # the last list published
+    top_rows: np.ndarray | None = None  # (k,) int64 catalogue rows of the last list published, best first
+    top_scores: np.ndarray | None = None  # (k,) float32
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,14 @@ class Refresher:
         """An event changed a user's state (or was a duplicate: then its output may have been lost
         in a crash, so refresh anyway): refresh them soon. The list names the latest applied event."""
         previous = self.active.get(user_id)
-        self.active[user_id] = ActiveUser(state.offsets, state.seen, partition, time.time(), previous.top if previous else None)
+        self.active[user_id] = ActiveUser(
+            offsets=state.offsets.detach().to(torch.float32).numpy().tobytes(),
+            seen=np.asarray(state.seen, dtype=np.uint64).tobytes(),
+            partition=partition,
+            last_active=time.time(),
+            top_rows=previous.top_rows if previous else None,
+            top_scores=previous.top_scores if previous else None,
+        )
         earlier = self.dirty.get(user_id)
         if earlier is None or applied:
             self.dirty[user_id] = Due(trigger, earlier.produced_at if earlier and earlier.produced_at else produced_at)
@@ -65,6 +84,11 @@ class Refresher:
             self.dirty.pop(user, None)
         self.runtime.metrics.users.set(len(self.active))
 
+    def batch_size(self) -> int:
+        """Users per refresh call: refresh_batch, fewer when each costs many exactly scored pairs."""
+        pairs = self.runtime.recommender.pairs_per_user(len(self.runtime.catalogue), self.settings.top_k)
+        return max(1, min(self.settings.refresh_batch, _PAIRS_PER_BATCH // max(1, pairs)))
+
     async def run(self) -> None:
         """Forever: wait for dirty users, let their events settle, refresh them in batches."""
         debounce = self.settings.refresh_debounce_ms / 1000
@@ -74,50 +98,54 @@ class Refresher:
             if debounce:
                 await asyncio.sleep(debounce)
             while self.dirty:
-                batch = list(self.dirty)[: self.settings.refresh_batch]
+                batch = list(self.dirty)[: self.batch_size()]
                 dues = [self.dirty.pop(user) for user in batch]
                 await self._refresh(batch, dues)
             self._evict_inactive()
 
     async def on_new_items(self, media_ids: list[str]) -> None:
         """New catalogue items: offer them to every active user's current list."""
-        known = [u for u, a in self.active.items() if a.top is not None]
-        for user in (u for u, a in self.active.items() if a.top is None):
+        known = [u for u, a in self.active.items() if a.top_rows is not None]
+        for user in (u for u, a in self.active.items() if a.top_rows is None):
             self.dirty.setdefault(user, Due(Trigger(kind="new_media", media_id=media_ids[0]), None))
         if not known or not media_ids:
             self._wake.set()
             return
-        rows = self.runtime.catalogue.rows(media_ids)
+        catalogue = self.runtime.catalogue
+        rows = catalogue.rows(media_ids)
         for start in range(0, len(known), self.settings.refresh_batch):
             users = known[start : start + self.settings.refresh_batch]
-            offsets = torch.stack([self.active[u].offsets for u in users])
-            scores = await self.runtime.on_model_thread(self.runtime.recommender.scores_for_rows, offsets, self.runtime.catalogue, rows)
-            for user, row_scores in zip(users, scores.tolist()):
+            offsets = _stack_offsets([self.active[u] for u in users])
+            scores = await self.runtime.on_model_thread(self.runtime.recommender.scores_for_rows, offsets, catalogue, rows)
+            for user, row_scores in zip(users, scores.numpy()):
                 active = self.active.get(user)
-                if active is None or active.top is None:
+                if active is None or active.top_rows is None or active.top_scores is None:
                     continue
-                merged = _merge(active.top, media_ids, row_scores, self.settings.top_k)
-                if merged != active.top:
-                    entered = next(r.media_id for r in merged if r not in active.top)
-                    active.top = merged
-                    await self._publish(user, merged, Due(Trigger(kind="new_media", media_id=entered), None))
+                merged_rows, merged_scores = _merge(active.top_rows, active.top_scores, rows.numpy(), row_scores, self.settings.top_k)
+                before = set(active.top_rows.tolist())
+                entered = [r for r in merged_rows.tolist() if r not in before]
+                if entered:
+                    active.top_rows, active.top_scores = merged_rows, merged_scores
+                    await self._publish(user, merged_rows, merged_scores, Due(Trigger(kind="new_media", media_id=catalogue.ids[entered[0]]), None))
         self._wake.set()
 
     async def _refresh(self, users: list[str], dues: list[Due]) -> None:
         actives = [self.active[u] for u in users]
-        offsets = torch.stack([a.offsets for a in actives])
-        seen = [a.seen for a in actives]
-        tops = await self.runtime.on_model_thread(
-            self.runtime.recommender.top_k, offsets, self.runtime.catalogue, self.settings.top_k, seen
+        offsets = _stack_offsets(actives)
+        seen = [np.frombuffer(a.seen, dtype=np.uint64).tolist() for a in actives]
+        rows, scores = await self.runtime.on_model_thread(
+            self.runtime.recommender.top_k_rows, offsets, self.runtime.catalogue, self.settings.top_k, seen
         )
-        for user, active, top, due in zip(users, actives, tops, dues):
-            active.top = top
-            await self._publish(user, top, due)
+        for user, active, user_rows, user_scores, due in zip(users, actives, rows.numpy(), scores.numpy(), dues):
+            keep = np.isfinite(user_scores)
+            active.top_rows, active.top_scores = user_rows[keep].copy(), user_scores[keep].astype(np.float32)
+            await self._publish(user, active.top_rows, active.top_scores, due)
 
-    async def _publish(self, user: str, top: list[Ranked], due: Due) -> None:
+    async def _publish(self, user: str, rows: np.ndarray, scores: np.ndarray, due: Due) -> None:
+        ids = self.runtime.catalogue.ids
         message = Recommendations(
             user_id=user,
-            items=[RankedItem(media_id=r.media_id, score=r.score) for r in top],
+            items=[RankedItem(media_id=ids[r], score=s) for r, s in zip(rows.tolist(), scores.tolist())],
             model_version=f"{self.runtime.model_version}+{self.runtime.feature_version}",
             generated_at=datetime.now(timezone.utc),
             trigger=due.trigger,
@@ -135,8 +163,15 @@ class Refresher:
         self.runtime.metrics.users.set(len(self.active))
 
 
-def _merge(top: list[Ranked], media_ids: list[str], scores: list[float], k: int) -> list[Ranked]:
-    """The best k of a current list and newly scored items (a re-scored id replaces its old entry)."""
-    fresh = {m: Ranked(m, s) for m, s in zip(media_ids, scores)}
-    pool = [r for r in top if r.media_id not in fresh] + list(fresh.values())
-    return sorted(pool, key=lambda r: r.score, reverse=True)[:k]
+def _stack_offsets(actives: list[ActiveUser]) -> torch.Tensor:
+    """(U, P) float32 from the users' offset bytes."""
+    return torch.from_numpy(np.stack([np.frombuffer(a.offsets, dtype=np.float32) for a in actives]))
+
+
+def _merge(rows: np.ndarray, scores: np.ndarray, new_rows: np.ndarray, new_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of a current list and newly scored rows (a re-scored row replaces its old entry)."""
+    keep = ~np.isin(rows, new_rows)
+    pool_rows = np.concatenate([rows[keep], new_rows.astype(rows.dtype)])
+    pool_scores = np.concatenate([scores[keep], new_scores.astype(np.float32)])
+    order = np.argsort(-pool_scores, kind="stable")[:k]
+    return pool_rows[order], pool_scores[order]

@@ -1,0 +1,95 @@
+"""The refresher: batches capped in scored pairs, compact per-user state, lists equal to the
+recommender's (through the retrieval stage on large catalogues), new media merged into lists."""
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from mmrec.catalogue import Catalogue
+from mmrec.messages import Trigger
+from mmrec.model import ModelConfig, ParamLayout, SharedParams
+from mmrec.recommend import Recommender
+from mmrec.retrieval import RetrievalConfig
+from mmrec.settings import Settings
+from mmrec.user_state import UserState, id_hash
+from tests.synthetic_items import VERSION, make_items
+from worker import refresh
+from worker.metrics import Metrics
+from worker.refresh import Refresher, _merge
+
+CFG = ModelConfig()
+
+
+class Topic:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        self.sent.append(json.loads(value))
+
+
+def runtime(items: int, retrieval: RetrievalConfig) -> SimpleNamespace:
+    catalogue = Catalogue(VERSION)
+    catalogue.add(make_items(items))
+    shared = SharedParams.initial(CFG)
+
+    async def on_model_thread(fn, *args):  # noqa: ANN001, ANN202
+        return fn(*args)
+
+    return SimpleNamespace(
+        settings=Settings(top_k=5, refresh_debounce_ms=0, refresh_batch=64),
+        catalogue=catalogue,
+        recommender=Recommender(CFG, shared, retrieval),
+        metrics=Metrics(),
+        on_model_thread=on_model_thread,
+        model_version="m",
+        feature_version=VERSION,
+    )
+
+
+def state(seed: int, seen: tuple[int, ...] = ()) -> UserState:
+    s = UserState.new(CFG)
+    s.offsets = 0.3 * torch.randn(ParamLayout(CFG).size, generator=torch.Generator().manual_seed(seed))
+    s.seen = seen
+    return s
+
+
+def test_lists_are_the_recommenders_and_batches_are_capped_in_pairs(monkeypatch):
+    rt = runtime(60, RetrievalConfig(mode="shortlist", shortlist_min=30, shortlist_factor=1))
+    topic = Topic()
+    refresher = Refresher(rt, topic)  # type: ignore[arg-type]
+    monkeypatch.setattr(refresh, "_PAIRS_PER_BATCH", 90)
+    assert refresher.batch_size() == 3  # 90 pairs / 30 per user
+    users = {f"u{i}": state(i, seen=(id_hash("m0000001"),) if i == 0 else ()) for i in range(7)}
+    for user, s in users.items():
+        refresher.note(user, s, 0, Trigger(kind="interaction", event_id=f"e-{user}"), None, True)
+    calls = []
+    real = rt.recommender.top_k_rows
+    rt.recommender.top_k_rows = lambda offsets, *a: calls.append(offsets.shape[0]) or real(offsets, *a)
+
+    async def one_pass() -> None:
+        task = asyncio.create_task(refresher.run())
+        while refresher.dirty or len(topic.sent) < 7:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(one_pass())
+    assert calls == [3, 3, 1]
+    for message in topic.sent:
+        s = users[message["user_id"]]
+        want = rt.recommender.top_k(s.offsets[None], rt.catalogue, 5, [s.seen])[0]
+        assert [i["media_id"] for i in message["items"]] == [r.media_id for r in want]
+        assert message["trigger"]["event_id"] == f"e-{message['user_id']}"
+    active = refresher.active["u0"]
+    assert isinstance(active.offsets, bytes) and active.top_rows is not None and len(active.top_rows) == 5
+    assert "m0000001" not in [i["media_id"] for i in topic.sent[0]["items"] if topic.sent[0]["user_id"] == "u0"]
+
+
+def test_merge_keeps_the_best_k_and_replaces_rescored_rows():
+    rows, scores = np.array([4, 7, 9]), np.array([3.0, 2.0, 1.0], dtype=np.float32)
+    merged_rows, merged_scores = _merge(rows, scores, np.array([7, 11]), np.array([0.5, 2.5]), 3)
+    assert merged_rows.tolist() == [4, 11, 9] and merged_scores.tolist() == [3.0, 2.5, 1.0]
