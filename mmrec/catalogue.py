@@ -5,7 +5,10 @@ Shapes: I items (len), C >= I allocated rows (capacity), N layers, d channels, (
     bias     (C,)              float32 learned per-item residual, 0 for an item never trained on
 
 Rows are stable: an id keeps its row for the catalogue's life (a re-added id is replaced in place).
-Not thread-safe: mutate (add, bias writes) on the thread that scores, or hand over a new catalogue.
+One writer thread (add, bias writes). Other threads may read meanwhile: a new row is published (in
+ids, len, rows_changed_since) only after its maps are written, and storage grows by swapping in
+copies. A row replaced in place can be read half-written; features are deterministic per media and
+feature version, so a replacement normally writes the bits the row already holds.
 """
 from __future__ import annotations
 
@@ -111,15 +114,17 @@ class Catalogue:
         latest = {item.media_id: item for item in batch}  # a repeated id: its last occurrence wins
         new_ids = [media_id for media_id in latest if media_id not in self._row]
         self._grow(len(self._ids) + len(new_ids))  # new rows' bias is 0 from allocation
-        for media_id in new_ids:
-            self._row[media_id] = len(self._ids)
-            self._ids.append(media_id)
-        index = torch.tensor([self._row[media_id] for media_id in latest], dtype=torch.long)
+        placed = {media_id: len(self._ids) + k for k, media_id in enumerate(new_ids)}
+        placed.update((media_id, self._row[media_id]) for media_id in latest if media_id in self._row)
+        index = torch.tensor([placed[media_id] for media_id in latest], dtype=torch.long)
         for j, storage in enumerate(self._maps):
             storage[index] = torch.stack([item.maps[j] for item in latest.values()]).to(storage.dtype)
+        self._row_revision[index] = self._revision + 1
+        for media_id in new_ids:  # published only now that their maps are written (see the docstring)
+            self._row[media_id] = placed[media_id]
+            self._ids.append(media_id)
         self._revision += 1
-        self._row_revision[index] = self._revision
-        return torch.tensor([self._row[item.media_id] for item in batch], dtype=torch.long)
+        return torch.tensor([placed[item.media_id] for item in batch], dtype=torch.long)
 
     def rows(self, media_ids: Iterable[str]) -> Tensor:
         """Rows of media_ids (K,) long. Raises KeyError naming the unknown ids."""

@@ -167,6 +167,7 @@ class Retriever:
         self.config = config or RetrievalConfig()
         self.layout = ParamLayout(cfg)
         self._vectors = torch.zeros(0, self._dim())
+        self._rows = 0  # catalogue rows the vectors cover (a reader on another thread may see more)
         self._revision = -1  # catalogue revision the vectors reflect
         self._source: int | None = None  # id() of the catalogue they were computed from
         self._partitions: _Partitions | None = None
@@ -177,13 +178,14 @@ class Retriever:
     def sync(self, catalogue: ItemSource) -> None:
         """Computes the vectors of rows added or replaced since the last call."""
         if self._source != id(catalogue):
-            self._source, self._revision, self._partitions = id(catalogue), -1, None
+            self._source, self._revision, self._rows, self._partitions = id(catalogue), -1, 0, None
             self._vectors = torch.zeros(0, self._dim())
             self._stale = torch.zeros(0, dtype=torch.bool)
-        n = len(catalogue)
-        if catalogue.revision == self._revision and self._vectors.shape[0] >= n:
+        revision = catalogue.revision  # read first: rows published after this are caught next time
+        if revision == self._revision:
             return
-        changed = torch.arange(n) if self._revision < 0 else catalogue.rows_changed_since(self._revision)
+        changed = torch.arange(len(catalogue)) if self._revision < 0 else catalogue.rows_changed_since(self._revision)
+        n = max(self._rows, int(changed.max()) + 1 if changed.numel() else 0)
         if self._vectors.shape[0] < n:
             grown = torch.zeros(max(n, 2 * self._vectors.shape[0]), self._dim())
             grown[: self._vectors.shape[0]] = self._vectors
@@ -195,7 +197,7 @@ class Retriever:
             rows = changed[start : start + 4096]
             self._vectors[rows] = item_vectors(catalogue.float_maps(rows), self.cfg)
         self._stale[changed] = True
-        self._revision = catalogue.revision
+        self._revision, self._rows = revision, n
         self._maybe_partition(n)
 
     def _dim(self) -> int:
@@ -232,7 +234,7 @@ class Retriever:
     def shortlist(self, offsets: Tensor, catalogue: ItemSource, size: int) -> Tensor:
         """The best `size` catalogue rows of each user under the surrogate: (U, S) long, S = min(size, I)."""
         self.sync(catalogue)
-        n = len(catalogue)
+        n = self._rows  # rows whose vectors are known (the catalogue may have grown since on its writer thread)
         size = min(size, n)
         phi = user_vectors(self.layout.split(self.shared.prior + offsets), self.shared, self.cfg)  # (U, D)
         bias = catalogue.item_bias

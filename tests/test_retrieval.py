@@ -166,3 +166,31 @@ def test_shortlists_of_concept_items_hold_most_of_the_exact_top_10():
     rows = Retriever(CFG, shared, RetrievalConfig(mode="shortlist")).shortlist(users, cat, 100)
     recall = [len(set(rows[u].tolist()) & set(exact[u].topk(10).indices.tolist())) / 10 for u in range(3)]
     assert min(recall) >= 0.8, recall
+
+
+def test_a_reader_thread_never_sees_a_row_before_its_maps_are_written():
+    """The refresher scores on its own thread while the model thread adds items (mmrec.catalogue)."""
+    import threading
+
+    cat = Catalogue(VERSION)
+    items = make_items(300)
+    expected = torch.stack([item.maps[2].float() for item in items])
+    done = threading.Event()
+    seen_rows, bad = [], []
+
+    def read() -> None:
+        while not done.is_set():
+            n = len(cat)
+            if n:
+                last = torch.tensor([n - 1])
+                if not torch.equal(cat.float_maps(last)[2][0], expected[n - 1]):
+                    bad.append(n - 1)
+                seen_rows.append(n)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for start in range(0, 300, 3):
+        cat.add(items[start : start + 3])
+    done.set()
+    reader.join()
+    assert not bad and seen_rows

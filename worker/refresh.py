@@ -2,9 +2,12 @@
 user, batched across users) and when new media arrive for recently active users.
 
 A refresh goes through the recommender, so large catalogues are ranked by the retrieval stage (a
-surrogate shortlist re-scored exactly, mmrec.retrieval) and small ones exactly. A refresh batch is
-capped in (user, item) pairs scored (`_PAIRS_PER_BATCH`), so the online steps that share the model
-thread wait behind at most one short batch.
+surrogate shortlist re-scored exactly, mmrec.retrieval) and small ones exactly. Scoring runs on this
+agent's own thread, beside the model thread that runs the online steps and writes the catalogue:
+on two cores a refresh no longer waits for steps nor steps for refreshes. The catalogue allows
+reads from other threads (mmrec.catalogue: rows are published once written), and the recommender
+and its retrieval index are used only here. A refresh batch is capped in (user, item) pairs scored
+(`_PAIRS_PER_BATCH`), so a user's refresh waits behind at most one short batch.
 
 New media are scored only against each active user's current top-K (the rest of the catalogue has
 not changed for them), and a list is published only when a new item enters it.
@@ -17,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 from datetime import datetime, timezone
 
 import numpy as np
@@ -29,9 +35,10 @@ from mmrec.user_state import UserState
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# Pairs scored exactly per refresh call on the model thread (~10-30 ms on one core): at the default
-# shortlist of 200, about 20 users.
+# Pairs scored exactly per refresh call (~10-30 ms on one core): at the default shortlist of 200,
+# about 20 users.
 _PAIRS_PER_BATCH = 4096
 
 
@@ -59,6 +66,10 @@ class Refresher:
         self.active: dict[str, ActiveUser] = {}
         self.dirty: dict[str, Due] = {}
         self._wake = asyncio.Event()
+        self._scoring = ThreadPoolExecutor(1, thread_name_prefix="mmrec-score")
+
+    async def _on_scoring_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._scoring, fn, *args)
 
     def note(self, user_id: str, state: UserState, partition: int, trigger: Trigger, produced_at: float | None, applied: bool) -> None:
         """An event changed a user's state (or was a duplicate: then its output may have been lost
@@ -116,7 +127,7 @@ class Refresher:
         for start in range(0, len(known), self.settings.refresh_batch):
             users = known[start : start + self.settings.refresh_batch]
             offsets = _stack_offsets([self.active[u] for u in users])
-            scores = await self.runtime.on_model_thread(self.runtime.recommender.scores_for_rows, offsets, catalogue, rows)
+            scores = await self._on_scoring_thread(self.runtime.recommender.scores_for_rows, offsets, catalogue, rows)
             for user, row_scores in zip(users, scores.numpy()):
                 active = self.active.get(user)
                 if active is None or active.top_rows is None or active.top_scores is None:
@@ -133,7 +144,7 @@ class Refresher:
         actives = [self.active[u] for u in users]
         offsets = _stack_offsets(actives)
         seen = [np.frombuffer(a.seen, dtype=np.uint64).tolist() for a in actives]
-        rows, scores = await self.runtime.on_model_thread(
+        rows, scores = await self._on_scoring_thread(
             self.runtime.recommender.top_k_rows, offsets, self.runtime.catalogue, self.settings.top_k, seen
         )
         for user, active, user_rows, user_scores, due in zip(users, actives, rows.numpy(), scores.numpy(), dues):
