@@ -73,10 +73,12 @@ def test_ground_truth_is_consistent_with_the_interactions(tiny: Path) -> None:
     assert engaged.mean() == pytest.approx(p.mean(), abs=0.03)
     greater = (z[engaged][:, None] > z[~engaged][None, :]).mean()
     assert greater > 0.7
-    # z from its definition for one pair: base + max liked affinity + background + pop + noise + bias.
+    # z from its definition for one pair: base + max over garments of affinity x colour preference
+    # (0 without a liked class) + background + pop + noise + bias.
     u, i = 3, 5
     present = np.flatnonzero(sim.classes[i])
-    expected = (sim.config.base_logit + max(0.0, sim.affinity[u, present].max()) + sim.background_preference[u, sim.background[i]]
+    taste = max(0.0, max(sim.affinity[u, c] * sim.colour_preference[u, sim.colour[i, c]] for c in present))
+    expected = (sim.config.base_logit + taste + sim.background_preference[u, sim.background[i]]
                 + sim.popularity[i] + float(sim.noise[u, i]) + sim.user_bias[u])
     assert sim.logits()[u, i] == pytest.approx(expected, abs=1e-5)
     # Exposure shares: the untargeted part of a day sums to 1 - mix_targeted; the feed adds mix_targeted.
@@ -84,6 +86,9 @@ def test_ground_truth_is_consistent_with_the_interactions(tiny: Path) -> None:
     day = sim.expected_exposures(np.arange(TINY.users), np.arange(TINY.items), EPOCH + 3 * DAY, EPOCH + 4 * DAY)
     assert day.sum(axis=1) == pytest.approx(np.ones(TINY.users))
     ids, names, attributes = true_attributes(tiny)
-    assert ids == sim.item_ids and len(names) == 14
-    assert np.array_equal(attributes[:, :10].astype(bool), sim.classes)
-    assert np.array_equal(attributes[:, 10:].argmax(axis=1), sim.background)
+    # 40 "<colour> <class>" flags, then the background one-hot.
+    assert ids == sim.item_ids and len(names) == 44 and names[0] == "red tshirt" and names[40] == "background brick"
+    patterns = attributes[:, :40].reshape(-1, 10, 4)
+    assert np.array_equal(patterns.any(axis=2), sim.classes)
+    assert np.array_equal(np.where(sim.classes, patterns.argmax(axis=2), -1), sim.colour)
+    assert np.array_equal(attributes[:, 40:].argmax(axis=1), sim.background)

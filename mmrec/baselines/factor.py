@@ -45,7 +45,7 @@ class FactorRanker(nn.Module):
         lr: float = 0.005,
         epochs: int = 20,
         batch_size: int = 2048,
-        online_lr: float = 0.05,
+        online_lr: float = 0.01,
         online_negatives: int = 4,
         seed: int = 0,
     ) -> None:

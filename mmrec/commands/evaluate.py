@@ -19,7 +19,7 @@ import torch
 from mmrec.evaluation.data import EvaluationData
 from mmrec.evaluation.features import MediaFailures
 from mmrec.evaluation.registry import RANKERS, load_spec
-from mmrec.evaluation.report import format_table, plot, write_json
+from mmrec.evaluation.report import format_paired, format_table, plot, write_json
 from mmrec.evaluation.runner import Evaluation, evaluate_ranker, split_counts
 from mmrec.evaluation.split import TemporalSplit
 from mmrec.interaction_log import InteractionLogError
@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"mmrec evaluate: {exc}", file=sys.stderr)
             return 1
     print(format_table(evaluation))
+    for section in ("overall", "cold"):
+        print("\n" + format_paired(evaluation, section))
     if args.json:
         write_json(evaluation, args.json)
         print(f"wrote {args.json}")

@@ -1,23 +1,25 @@
 """The visual-taste benchmark: a seeded simulator of users whose taste depends on local visual patterns.
 
-Items are composites of real images: 1-4 Fashion-MNIST garments of distinct classes (the local
-patterns), each a random instance of its class, tinted a random colour, at a random position and
-scale, on a background that is a crop of one of scikit-image's brick, grass or gravel textures
-(tinted) or a plain colour. Users and what they do:
+Items are composites of real images: 1-4 Fashion-MNIST garments of distinct classes, each a random
+instance of its class tinted in one of four colour families (red, yellow, green, blue), at a random
+position and scale, on a background that is a crop of one of scikit-image's brick, grass or gravel
+textures (tinted) or a plain colour. A (class, colour) pair on the canvas is a local pattern, e.g.
+"a red sneaker". Users and what they do:
 
-    v_ui = max_{c in classes(i)} a_uc + tau_u[background(i)]        visual taste
+    v_ui = max over garments g on i of a_u[class(g)] * s_u[colour(g)] + tau_u[background(i)]
     z_ui = base + v_ui + pop_i + eps_ui + b_u                        P(engage | shown) = sigmoid(z_ui)
 
-a_u (10,) sparse affinities: 1-2 liked classes with a_uc ~ U(lo, hi), 0 for the others, so the
-response is max-like, "contains something I like"; tau_u (4,) a mild background preference; pop_i
-item appeal; eps_ui persistent idiosyncratic noise; b_u user bias.
+a_u (10,) sparse affinities: 1-2 liked classes with a_uc ~ U(lo, hi), 0 for the others; s_u (4,)
+1 for the user's favourite colour family and off_colour for the others, so the response is
+max-like, "contains something I like", and the best is a liked garment in the favourite colour
+(class and colour must be seen together, on the same garment); tau_u (4,) a mild background
+preference; pop_i item appeal; eps_ui persistent idiosyncratic noise; b_u user bias.
 
 Time runs over `days` days with exactly events_per_user * users / days exposures a day (so the 0.7
 and 0.8 event-time quantiles that `mmrec evaluate` splits at fall on the first instants of days
 0.7 * days and 0.8 * days). Each exposure draws a user by activity (log-normal) and one of the items
 released so far, from a mixture that stands for the platform that logged the data:
-    mix_targeted  its feed, which knows the users' visual tastes and shows recent items: P(i) ~
-                  exp(targeting * v_ui) over the items released in the last feed_days days
+    mix_targeted  its feed, which knows the users' visual tastes: P(i) ~ exp(targeting * v_ui)
     mix_popular   trending: P(i) ~ exp(pop_i)
     mix_fresh     new arrivals: uniform over the items released in the last fresh_days days
     the rest      uniform
@@ -48,6 +50,8 @@ from mmrec.datasets.fashion_mnist import CLASSES, DEFAULT_DIR, load_fashion_mnis
 from mmrec.samples import sample_image
 
 BACKGROUNDS = ("brick", "grass", "gravel", "plain")
+COLOURS = ("red", "yellow", "green", "blue")
+_HUES = ((-0.04, 0.04), (0.11, 0.17), (0.28, 0.40), (0.58, 0.68))  # HSV hue range of each colour family
 EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()
 DAY = 86_400.0
 # Independent random streams, so that e.g. a different user count leaves the images unchanged.
@@ -69,6 +73,7 @@ class VisualTasteConfig:
     liked_classes: tuple[float, ...] = (0.7, 0.3)  # P(a user likes 1, 2, ... classes)
     affinity_low: float = 1.0
     affinity_high: float = 3.5
+    off_colour: float = 0.35  # s_u of the colour families other than the favourite
     background_sd: float = 0.5  # tau
     popularity_sd: float = 0.6  # pop
     noise_sd: float = 0.5  # eps
@@ -77,7 +82,6 @@ class VisualTasteConfig:
     base_logit: float = -3.0
     mix_targeted: float = 0.5
     targeting: float = 2.5
-    feed_days: int = 28  # the feed shows items released in the last feed_days days
     mix_popular: float = 0.2
     mix_fresh: float = 0.15
     fresh_days: int = 7
@@ -112,32 +116,34 @@ class VisualTasteConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-TINY = VisualTasteConfig(users=40, items=120, days=20, events_per_user=40, canvas=64, feed_days=6, fresh_days=2)
+TINY = VisualTasteConfig(users=40, items=120, days=20, events_per_user=40, canvas=64, fresh_days=2)
 
 
 @dataclass(frozen=True, eq=False)
 class Simulation:
     """Every parameter of one simulated world: what ground_truth.npz stores.
 
-    affinity (U, C), background_preference (U, B), user_bias (U,), activity (U,) summing to 1,
-    classes (I, C) bool, background (I,), release_day (I,), popularity (I,), noise (U, I) float16
+    affinity (U, C), colour_preference (U, K), background_preference (U, B), user_bias (U,),
+    activity (U,) summing to 1, colour (I, C) int8: the colour family of the item's garment of
+    class c, -1 without one; background (I,), release_day (I,), popularity (I,), noise (U, I) float16
     """
 
     config: VisualTasteConfig
     user_ids: list[str]
     item_ids: list[str]
     affinity: np.ndarray
+    colour_preference: np.ndarray
     background_preference: np.ndarray
     user_bias: np.ndarray
     activity: np.ndarray
-    classes: np.ndarray
+    colour: np.ndarray
     background: np.ndarray
     release_day: np.ndarray
     popularity: np.ndarray
     noise: np.ndarray
 
-    _ARRAYS = ("affinity", "background_preference", "user_bias", "activity", "classes", "background",
-               "release_day", "popularity", "noise")
+    _ARRAYS = ("affinity", "colour_preference", "background_preference", "user_bias", "activity", "colour",
+               "background", "release_day", "popularity", "noise")
 
     @classmethod
     def draw(cls, config: VisualTasteConfig) -> Simulation:
@@ -151,9 +157,9 @@ class Simulation:
             rng.integers(config.test_day, config.days, n_cold),
         ])
         rng.shuffle(release)
-        classes = np.zeros((config.items, len(CLASSES)), dtype=bool)
+        colour = np.full((config.items, len(CLASSES)), -1, dtype=np.int8)
         for i, n in enumerate(rng.choice(len(config.garments), config.items, p=config.garments) + 1):
-            classes[i, rng.choice(len(CLASSES), n, replace=False)] = True
+            colour[i, rng.choice(len(CLASSES), n, replace=False)] = rng.integers(0, len(COLOURS), n)
         background = rng.integers(0, len(BACKGROUNDS), config.items)
         popularity = rng.normal(0, config.popularity_sd, config.items).astype(np.float32)
         rng = np.random.default_rng([config.seed, _USERS])
@@ -161,6 +167,8 @@ class Simulation:
         for u in range(config.users):
             liked = rng.choice(len(CLASSES), rng.choice(len(config.liked_classes), p=config.liked_classes) + 1, replace=False)
             affinity[u, liked] = rng.uniform(config.affinity_low, config.affinity_high, len(liked))
+        colours = np.full((config.users, len(COLOURS)), config.off_colour, dtype=np.float32)
+        colours[np.arange(config.users), rng.integers(0, len(COLOURS), config.users)] = 1.0
         preference = rng.normal(0, config.background_sd, (config.users, len(BACKGROUNDS))).astype(np.float32)
         bias = rng.normal(0, config.user_bias_sd, config.users).astype(np.float32)
         activity = rng.lognormal(0, config.activity_sd, config.users)
@@ -169,8 +177,8 @@ class Simulation:
             config=config,
             user_ids=[f"u{u:0{len(str(config.users))}d}" for u in range(config.users)],
             item_ids=[f"v{i:0{len(str(config.items))}d}" for i in range(config.items)],
-            affinity=affinity, background_preference=preference, user_bias=bias, activity=activity / activity.sum(),
-            classes=classes, background=background, release_day=release, popularity=popularity,
+            affinity=affinity, colour_preference=colours, background_preference=preference, user_bias=bias, activity=activity / activity.sum(),
+            colour=colour, background=background, release_day=release, popularity=popularity,
             noise=noise.astype(np.float16),
         )
 
@@ -187,15 +195,22 @@ class Simulation:
         np.savez_compressed(folder / "ground_truth.npz", user_ids=np.array(self.user_ids), item_ids=np.array(self.item_ids),
                             **{name: getattr(self, name) for name in self._ARRAYS})
         meta = {"generator": "mmrec visual-taste", "config": asdict(self.config), "classes": list(CLASSES),
-                "backgrounds": list(BACKGROUNDS), "epoch": EPOCH, "day_seconds": DAY}
+                "colours": list(COLOURS), "backgrounds": list(BACKGROUNDS), "epoch": EPOCH, "day_seconds": DAY}
         (folder / "ground_truth.json").write_text(json.dumps(meta, indent=2) + "\n")
 
+    @property
+    def classes(self) -> np.ndarray:
+        """(I, C) bool: which garment classes each item shows."""
+        return self.colour >= 0
+
     def taste(self, users: np.ndarray | slice = slice(None), items: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """v (U, I) float32: max affinity over the item's classes (0 if none is liked) + background preference."""
-        affinity, classes = self.affinity[users], self.classes[items]
-        v = np.zeros((affinity.shape[0], classes.shape[0]), dtype=np.float32)
-        for c in range(classes.shape[1]):  # a >= 0: the max over present classes
-            np.maximum(v, np.outer(affinity[:, c], classes[:, c]).astype(np.float32), out=v)
+        """v (U, I) float32: max over the item's garments of affinity x colour preference (0 if none
+        is liked) + background preference."""
+        affinity, colour, liking = self.affinity[users], self.colour[items], self.colour_preference[users]
+        v = np.zeros((affinity.shape[0], colour.shape[0]), dtype=np.float32)
+        for c in range(colour.shape[1]):  # every term >= 0: the max over the garments present
+            term = affinity[:, c : c + 1] * liking[:, np.maximum(colour[:, c], 0)] * (colour[:, c] >= 0)
+            np.maximum(v, term, out=v)
         return v + self.background_preference[users][:, self.background[items]]
 
     def logits(self, users: np.ndarray | slice = slice(None), items: np.ndarray | slice = slice(None)) -> np.ndarray:
@@ -225,17 +240,10 @@ class Simulation:
 
     @cached_property
     def feed_normaliser(self) -> np.ndarray:
-        """(U, D): sum of the feed weights over the items in the feed on day d."""
+        """(U, D): sum of the feed weights over the items released by day d."""
         days = np.zeros((self.config.items, self.config.days))
         days[np.arange(self.config.items), self.release_day] = 1.0
-        released = np.cumsum(self.feed_weights() @ days, axis=1)  # items released by day d
-        expired = np.zeros_like(released)  # items released by day d - feed_days
-        expired[:, self.config.feed_days :] = released[:, : max(self.config.days - self.config.feed_days, 0)]
-        return released - expired
-
-    def in_feed(self, day: int) -> np.ndarray:
-        """(I,) bool: released at most feed_days - 1 days before `day`."""
-        return (self.release_day <= day) & (self.release_day > day - self.config.feed_days)
+        return np.cumsum(self.feed_weights() @ days, axis=1)
 
     def expected_exposures(self, users: np.ndarray, items: np.ndarray, start: float, end: float) -> np.ndarray:
         """(U, I): expected number of times one exposure slot per day, over [start, end), shows item i to
@@ -243,10 +251,8 @@ class Simulation:
         edges = EPOCH + DAY * np.arange(self.config.days + 1)
         overlap = np.clip(np.minimum(edges[1:], end) - np.maximum(edges[:-1], start), 0, None) / DAY  # (D,)
         untargeted = self.item_shares[items] @ overlap  # (I,)
-        share = np.concatenate([np.zeros((len(users), 1)), np.cumsum(overlap / self.feed_normaliser[users], axis=1)], axis=1)
-        first = self.release_day[items]
-        last = np.minimum(first + self.config.feed_days, self.config.days)  # in the feed on days first .. last - 1
-        targeted = self.config.mix_targeted * self.feed_weights(users, items) * (share[:, last] - share[:, first])
+        share = np.cumsum((overlap / self.feed_normaliser[users])[:, ::-1], axis=1)[:, ::-1]  # (U, D): sum over days >= d
+        targeted = self.config.mix_targeted * self.feed_weights(users, items) * share[:, self.release_day[items]]
         return targeted + untargeted[None, :]
 
 
@@ -274,7 +280,7 @@ def _write_media(folder: Path, sim: Simulation, images: np.ndarray, labels: np.n
         boxes: list[tuple[int, int, int]] = []
         for c in rng.permutation(np.flatnonzero(sim.classes[i])):
             garment = images[rng.choice(by_class[c])]
-            _paste(canvas, garment, _place(rng, config, boxes), _colour(rng, 0.5, 1.0, 0.75, 1.0))
+            _paste(canvas, garment, _place(rng, config, boxes), _family_colour(rng, int(sim.colour[i, c])))
         buffer = io.BytesIO()
         Image.fromarray(np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
         (folder / f"{sim.item_ids[i]}.png").write_bytes(buffer.getvalue())
@@ -289,6 +295,12 @@ def _background(rng: np.random.Generator, size: int, kind: str, textures: dict[s
     y, x = rng.integers(0, texture.shape[0] - side + 1, 2)
     crop = Image.fromarray((texture[y : y + side, x : x + side] * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
     return (np.asarray(crop, dtype=np.float32) / 255)[:, :, None] * _colour(rng, 0.0, 0.5, 0.6, 1.0)
+
+
+def _family_colour(rng: np.random.Generator, family: int) -> np.ndarray:
+    """A saturated, bright RGB colour (3,) from a colour family's hue range."""
+    hue = rng.uniform(*_HUES[family]) % 1.0
+    return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.8, 1.0)), dtype=np.float32)
 
 
 def _colour(rng: np.random.Generator, s_lo: float, s_hi: float, v_lo: float, v_hi: float) -> np.ndarray:
@@ -341,7 +353,7 @@ def _write_interactions(path: Path, sim: Simulation) -> None:
             from_feed = rng.random(per_day) < config.mix_targeted
             shown = np.empty(per_day, dtype=np.int64)
             shown[~from_feed] = rng.choice(config.items, int((~from_feed).sum()), p=shares[:, d] / shares[:, d].sum())
-            cumulative = np.cumsum(feed[users[from_feed]] * sim.in_feed(d), axis=1)
+            cumulative = np.cumsum(feed[users[from_feed]] * (sim.release_day <= d), axis=1)
             draws = rng.random(int(from_feed.sum())) * cumulative[:, -1]
             shown[from_feed] = (cumulative < draws[:, None]).sum(axis=1)
             engaged = rng.random(per_day) < 1 / (1 + np.exp(-logits[users, shown]))
@@ -357,26 +369,29 @@ def _write_interactions(path: Path, sim: Simulation) -> None:
 def _write_items(path: Path, sim: Simulation) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["media_id", "release_time", "release_day", "cold", "background", "garments", "classes",
-                         *(f"has_{c}" for c in CLASSES)])
+        writer.writerow(["media_id", "release_time", "release_day", "cold", "background", "garments", "patterns",
+                         *(f"colour_{c}" for c in CLASSES)])
         for i, media_id in enumerate(sim.item_ids):
             present = np.flatnonzero(sim.classes[i])
             day = int(sim.release_day[i])
             release = datetime.fromtimestamp(EPOCH + day * DAY, tz=timezone.utc).isoformat()
+            patterns = ";".join(f"{COLOURS[sim.colour[i, c]]} {CLASSES[c]}" for c in present)
+            colours = [COLOURS[k] if k >= 0 else "" for k in sim.colour[i]]
             writer.writerow([media_id, release, day, int(day >= sim.config.test_day), BACKGROUNDS[sim.background[i]],
-                             len(present), ";".join(CLASSES[c] for c in present), *(int(v) for v in sim.classes[i])])
+                             len(present), patterns, *colours])
 
 
 def true_attributes(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """From items.csv: (media ids, attribute names, (I, A) float32) with A = the 10 has_<class> flags
-    and a one-hot of the 4 backgrounds: exactly what drives the simulated tastes."""
-    names = [f"has_{c}" for c in CLASSES] + [f"background_{b}" for b in BACKGROUNDS]
+    """From items.csv: (media ids, attribute names, (I, A) float32) with A = 40 flags "<colour> <class>"
+    (which local patterns the item shows) and a one-hot of the 4 backgrounds: exactly what drives the
+    simulated tastes."""
+    names = [f"{k} {c}" for c in CLASSES for k in COLOURS] + [f"background {b}" for b in BACKGROUNDS]
     ids, rows = [], []
     with (folder / "items.csv").open(newline="") as f:
         for record in csv.DictReader(f):
             ids.append(record["media_id"])
-            background = [float(record["background"] == b) for b in BACKGROUNDS]
-            rows.append([float(record[f"has_{c}"]) for c in CLASSES] + background)
+            patterns = [float(record[f"colour_{c}"] == k) for c in CLASSES for k in COLOURS]
+            rows.append(patterns + [float(record["background"] == b) for b in BACKGROUNDS])
     return ids, names, np.asarray(rows, dtype=np.float32)
 
 
@@ -390,26 +405,30 @@ Generated by `mmrec dataset make visual-taste` with the configuration in `ground
 {config.events_per_user} events per user). Same configuration -> same files. Documentation:
 `docs/visual-taste.md` in the mmrec repository.
 
-Images ({config.canvas} px PNG): 1-4 Fashion-MNIST garments of distinct classes (tinted, random position
-and scale) on a scikit-image texture (brick, grass, gravel) or a plain background.
+Images ({config.canvas} px PNG): 1-4 Fashion-MNIST garments of distinct classes, each tinted in a colour
+family (red, yellow, green, blue), at a random position and scale, on a scikit-image texture (brick,
+grass, gravel) or a plain background.
 
 When user u is shown item i, they engage with probability sigmoid(z_ui):
-    v_ui = max over the classes c on the item of affinity[u, c] + background_preference[u, background(i)]
+    v_ui = max over the garments g on the item of affinity[u, class(g)] * colour_preference[u, colour(g)]
+           + background_preference[u, background(i)]
     z_ui = {config.base_logit} + v_ui + popularity[i] + noise[u, i] + user_bias[u]
 1-{len(config.liked_classes)} liked classes per user (P = {config.liked_classes}), affinity ~ U({config.affinity_low}, {config.affinity_high}) for those,
-0 otherwise. Exposures ({config.events_per_user * config.users // config.days} a day): the platform's feed ({config.mix_targeted:.0%}, over the
-items released in the last {config.feed_days} days, P(i) ~ exp({config.targeting} * v_ui)), trending ({config.mix_popular:.0%}, P(i) ~ exp(popularity)),
-new arrivals ({config.mix_fresh:.0%}, released in the last {config.fresh_days} days), uniform (the rest).
+0 otherwise; colour_preference 1 for the user's favourite family, {config.off_colour} for the others.
+Exposures ({config.events_per_user * config.users // config.days} a day) come from the platform's feed ({config.mix_targeted:.0%}, P(i) ~ exp({config.targeting} * v_ui)),
+trending items ({config.mix_popular:.0%}, P(i) ~ exp(popularity)), new arrivals ({config.mix_fresh:.0%}, released in the last
+{config.fresh_days} days) and uniformly from the items released so far (the rest).
 
 Files:
 - `media/<media_id>.png`: the items.
 - `interactions.csv`: user_id, media_id, event (click, like, share = engaged; skip, dislike,
   impression = not), timestamp (ISO-8601, UTC); the same number of events every day.
 - `items.csv`: true attributes: release_time, release_day, cold (1 = released on or after
-  {first_test}, in the test period), background, garments, classes, has_<class> (0/1).
-- `ground_truth.npz`: user_ids, item_ids, affinity (U, 10), background_preference (U, 4),
-  user_bias (U,), activity (U,), classes (I, 10), background (I,), release_day (I,),
-  popularity (I,), noise (U, I) float16.
+  {first_test}, in the test period), background, garments, patterns ("red sneaker;blue bag"),
+  colour_<class> (the colour family of the item's garment of that class, empty without one).
+- `ground_truth.npz`: user_ids, item_ids, affinity (U, 10), colour_preference (U, 4),
+  background_preference (U, 4), user_bias (U,), activity (U,), colour (I, 10) (family index, -1 =
+  no garment of that class), background (I,), release_day (I,), popularity (I,), noise (U, I) float16.
 - `ground_truth.json`: the configuration (mixture, targeting, base logit, ...), class and background
   names, the epoch of day 0.
 """

@@ -53,6 +53,36 @@ def format_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def paired(evaluation: Evaluation, section: str, k: int = 10) -> dict[str, dict[str, tuple[float, float]]]:
+    """NDCG@k of ranker a minus ranker b over the same users (or events): {a: {b: (mean, s.e.)}}.
+
+    Every ranker is ranked for the same users in the same order (the task depends on the data only),
+    so the per-user differences pair up; section: "overall" or "cold".
+    """
+    per_user = {r.name: getattr(r.test, section).ndcg(k) for r in evaluation.results if len(getattr(r.test, section))}
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for a, va in per_user.items():
+        out[a] = {}
+        for b, vb in per_user.items():
+            diff = va - vb
+            se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
+            out[a][b] = (float(diff.mean()), se)
+    return out
+
+
+def format_paired(evaluation: Evaluation, section: str) -> str:
+    """The paired NDCG@10 differences as a matrix, row minus column."""
+    table = paired(evaluation, section)
+    names = list(table)
+    width = max(15, *(len(n) for n in names))
+    lines = [f"NDCG@10 {section}, row minus column (paired over users, +- standard error):",
+             " " * width + "".join(n.rjust(width + 1) for n in names)]
+    for a in names:
+        cells = ["-".rjust(width + 1) if a == b else f"{table[a][b][0]:+.4f}+-{table[a][b][1]:.4f}".rjust(width + 1) for b in names]
+        lines.append(a.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
 def to_json(evaluation: Evaluation) -> dict[str, Any]:
     """Everything: split, counts, per ranker the chosen and tried grid points, summaries, curves."""
 
@@ -66,6 +96,7 @@ def to_json(evaluation: Evaluation) -> dict[str, Any]:
         "k_max": evaluation.k_max,
         "selection": "validation ndcg@10 (overall)",
         "rankers": {},
+        "paired_ndcg@10": {section: paired(evaluation, section) for section in ("overall", "cold")},
     }
     for result in evaluation.results:
         entry: dict[str, Any] = {
