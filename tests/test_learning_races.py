@@ -1,6 +1,7 @@
-"""The interactions agent and the wakeups agent work on the same users concurrently (each step awaits
-the model thread): these tests hold both agents open at once and slow the step down, so an unguarded
-read-modify-write of a user's state or waiting queue would lose an event."""
+"""The learning agents under concurrency and redelivery. The interactions agent and the wakeups
+agent work on the same users concurrently (each step awaits the model thread): the first tests hold
+both agents open at once and slow the step down, so an unguarded read-modify-write of a user's state
+or waiting queue would lose an event."""
 from __future__ import annotations
 
 import asyncio
@@ -63,3 +64,19 @@ async def test_concurrent_steps_of_one_user_are_serialised(worker: Worker):
             await eventually(lambda: version_of(worker, b"u2") == 6 or not worker.tables.pending.get(b"u2"), timeout=20)
             await wake.put(key=b"u2", value=b'{"user_id": "u2"}')
             await eventually(lambda: version_of(worker, b"u2") == 6, timeout=20)
+
+
+async def test_a_redelivered_event_writes_the_state_again_for_the_changelog(worker: Worker):
+    """After a crash with RocksDB tables kept, the local state can be ahead of the changelog; the
+    redelivered event is skipped, but the user's state must be written again (and so sent to the
+    changelog), or the changelog stays behind for good."""
+    async with worker.app.agents["learn"].test_context() as learn:
+        await learn.put(key=b"u3", value=event("r1", user="u3"))
+        await eventually(lambda: version_of(worker, b"u3") == 1)
+        state = worker.tables.user_state[b"u3"]
+        with patch.object(worker.tables.user_state, "send_changelog") as changelog:
+            learn.sent_offset -= 1  # the same partition and offset again: a redelivery
+            await learn.put(key=b"u3", value=event("r1", user="u3"))
+            await eventually(lambda: changelog.called)
+    assert version_of(worker, b"u3") == 1 and worker.metrics.duplicates._value.get() == 1
+    assert changelog.call_args.args[1:3] == (b"u3", state)

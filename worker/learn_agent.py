@@ -78,16 +78,34 @@ class Learning:
             metrics.step_loss.observe(result.loss)
         else:
             metrics.duplicates.inc()
+            self.rewrite(self.tables.user_state, user)
         trigger = Trigger(kind="interaction", event_id=interaction.event_id)
         self.refresher.note(interaction.user_id, result.state, partition, trigger, produced_at, result.applied)
+
+    @staticmethod
+    def rewrite(table: faust.Table, user: bytes) -> None:
+        """Write the user's current value again, for its changelog.
+
+        A duplicate may be a redelivery after a crash. With RocksDB the local table keeps writes
+        whose changelog records never left the dead process (faust writes the store at once and
+        sends the changelog later), so the local value can be ahead of the changelog; skipping the
+        redelivered event would leave the changelog behind for good (a rebalance or a lost volume
+        then loses the event). Measured: 55 of 100 users stale after a SIGKILL while the broker was
+        frozen (tests/test_crash_safety.py).
+        """
+        raw = table.get(user)
+        if raw is not None:
+            table[user] = raw
 
     async def park(self, user: bytes, interaction: Interaction, message: faust.types.Message) -> None:
         """Queue an event behind the user's waiting ones (or because its media is not there yet)."""
         queue = decode_pending(self.tables.pending.get(user))
         if any(p.partition == message.partition and p.offset == message.offset for p in queue):
-            return  # redelivered while waiting
+            self.rewrite(self.tables.pending, user)  # redelivered while waiting
+            return
         if self.state_of(user).has_applied(interaction.event_id, message.partition, message.offset):
             self.runtime.metrics.duplicates.inc()
+            self.rewrite(self.tables.user_state, user)
             return
         if len(queue) >= self.settings.pending_limit:
             await self.dead.reject(message, "pending_limit", f"{len(queue)} events of this user already wait for media")
