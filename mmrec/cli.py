@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("mmrec.commands.score", "write a trained model's scores as CSV user_id,media_id,score"),
     "evaluate": ("mmrec.commands.evaluate", "full-ranking offline (and prequential) evaluation of every registered ranker"),
     "dataset": ("mmrec.commands.dataset", "generate a benchmark data set (dataset make visual-taste --out DIR)"),
+    "bench": ("mmrec.commands.bench", "benchmarks: scoring, update, extract, stream, retrieval, or all (make bench)"),
     "worker": ("worker.main", "run a streaming worker against the configured Kafka cluster"),
 }
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmrec.backbone import _SETTINGS as _BLOCK_SETTINGS
 from mmrec.backbone import WEIGHTS_NAME, MobileNetV2, backbone_id, default_taps, load_backbone
 from mmrec.features import FeatureVersion, ItemFeatures
 from mmrec.media import DecodedMedia, MediaError, MediaLimits, decode
@@ -47,6 +48,24 @@ def feature_version(settings: Settings, projection: Projection | None = None) ->
     """The FeatureVersion an extractor with these settings produces, without loading the CNN."""
     projection = projection or Projection.load(default_projection_path())
     return FeatureVersion(backbone_id(default_taps(settings.n_layers), settings.input_size), projection.version(settings.channels))
+
+
+def feature_shapes(settings: Settings) -> tuple[tuple[int, int, int], ...]:
+    """(d, h_j, w_j) of every stored layer at these settings, without the CNN: each stride-2 conv
+    (kernel 3, padding 1) halves a side rounding up, and the maps are pooled to at most max_grid.
+    Equals FeatureExtractor.shapes; a consumer of the features topic checks records against it."""
+    strides = [1] * (1 + sum(n for _, _, n, _ in _BLOCK_SETTINGS) + 1)  # stem, the blocks, the final 1x1 conv
+    strides[0], block = 2, 1
+    for _, _, repeats, stride in _BLOCK_SETTINGS:
+        strides[block] = stride
+        block += repeats
+    shapes = []
+    for tap in default_taps(settings.n_layers):
+        side = settings.input_size
+        for stride in strides[: tap + 1]:
+            side = -(-side // stride)
+        shapes.append((settings.channels, min(side, settings.max_grid), min(side, settings.max_grid)))
+    return tuple(shapes)
 
 
 class FeatureExtractor:

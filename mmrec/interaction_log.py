@@ -209,11 +209,8 @@ def _read_columns(path: Path) -> tuple[dict[str, list[object]], Callable[[int], 
 
 
 def _read_parquet(path: Path) -> dict[str, list[object]]:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise InteractionLogError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from exc
+    import pyarrow as pa  # imported here: only Parquet logs need it
+    import pyarrow.parquet as pq
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:

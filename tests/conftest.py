@@ -13,6 +13,16 @@ import pytest
 
 from worker.embedded_broker import EmbeddedBroker
 
+# --- data sets ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> None:
+    """Fails (never skips) where Fashion-MNIST is missing: `make test` installs it."""
+    from mmrec.datasets.fashion_mnist import DEFAULT_DIR
+
+    assert DEFAULT_DIR.is_dir(), f"Fashion-MNIST is not in {DEFAULT_DIR}: run `make fashion-mnist` (Debian dataset-fashion-mnist)"
+
+
 # --- broker -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,12 @@ from unittest.mock import AsyncMock, patch
 
 import pytest
 import torch
+from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from mmrec.artifact import ModelArtifact, save_artifact
 from mmrec.features import FeatureVersion
+from mmrec.item_codec import encode_item
 from mmrec.model import ParamLayout, SharedParams
 
 from mmrec.messages import Interaction
@@ -100,6 +102,7 @@ async def test_event_for_unknown_media_waits_and_later_events_queue_behind_it(wo
             await eventually(lambda: len(decode_pending(worker.tables.pending.get(b"u2"))) == 2)
     queue = decode_pending(worker.tables.pending[b"u2"])
     assert [json.loads(p.value)["event_id"] for p in queue] == ["p1", "p2"]
+    assert all(p.produced_at is not None for p in queue)  # their latency will count the wait
     assert worker.tables.user_state.get(b"u2") is None
     assert {call.kwargs["key"] for call in wake.call_args_list} == {b"u2"}
 
@@ -145,3 +148,18 @@ def test_worker_starts_users_and_items_from_a_trained_artifact(tmp_path: Path):
     save_artifact(other, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="trained on features"):
         make_worker(tmp_path / "x", model_path=tmp_path / "other.safetensors")
+
+
+def test_catalogue_sync_rejects_features_in_other_shapes_than_the_settings_give(worker: Worker):
+    """A record of our feature version whose maps do not have the settings' shapes would make the
+    catalogue refuse every later item: it is rejected (to the dead letters) and nothing is stored."""
+    version = worker.runtime.feature_version
+    good = make_item("fine", seed=7, version=version)
+    bad = make_item("odd", seed=8, version=version, shapes=((8, 7, 7), (8, 7, 7), (8, 7, 7)))
+    records = [
+        ConsumerRecord("features", 0, i, 0, 0, item.media_id.encode(), encode_item(item), None, 0, 0, [])
+        for i, item in enumerate([bad, good])
+    ]
+    new_ids, rejected = worker.catalogue._store(records)
+    assert new_ids == ["fine"] and "odd" not in worker.runtime.catalogue
+    assert [(r.key, reason) for r, reason, _ in rejected] == [(b"odd", "feature_shape")]

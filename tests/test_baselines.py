@@ -11,7 +11,6 @@ import torch
 from mmrec.baselines.factor import FactorRanker
 from mmrec.baselines.oracle import Oracle
 from mmrec.baselines.popularity import MostPopular
-from mmrec.datasets.fashion_mnist import DEFAULT_DIR
 from mmrec.datasets.visual_taste import DAY, EPOCH, TINY, Simulation, generate
 from mmrec.evaluation.metrics import rank_users
 from mmrec.feedback import EventKind
@@ -100,7 +99,7 @@ def test_online_step_raises_the_engaged_items_score() -> None:
     assert bool((model.known == 36).any())
 
 
-@pytest.mark.skipif(not DEFAULT_DIR.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.usefixtures("fashion_mnist")
 def test_oracle_scores_are_the_simulations_expected_engagement(tmp_path: Path) -> None:
     sim = generate(tmp_path, TINY)
     users, items = np.arange(5), np.arange(TINY.items)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mmrec.model import ModelConfig, ParamLayout, SharedParams, UserTables, layer_readout, preference, score
-from tests.reference import conv_same
+from mmrec.bench.naive import conv_same
 
 CFG = ModelConfig(n_layers=3, kernel_size=3, channels=4, pool=2)
 GRIDS = [(8, 8), (6, 6), (4, 4)]

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from mmrec.cli import main
-from mmrec.datasets.fashion_mnist import DEFAULT_DIR
 from mmrec.datasets.visual_taste import TINY, generate
 from mmrec.evaluation import registry
 from mmrec.evaluation.features import MediaFailures, cached_features
@@ -24,7 +23,7 @@ from mmrec.feedback import EventKind
 from mmrec.interaction_log import EVENT_KINDS, Event, InteractionLog, MediaIndex
 from mmrec.media import CorruptMedia
 
-needs_fashion_mnist = pytest.mark.skipif(not DEFAULT_DIR.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
+needs_fashion_mnist = pytest.mark.usefixtures("fashion_mnist")
 
 
 def log_of(rows: list[tuple[str, str, str, float]], users: tuple[str, ...], items: tuple[str, ...]) -> InteractionLog:
@@ -162,9 +161,7 @@ def test_registry_loads_every_spec_and_a_new_one_is_one_line(monkeypatch: pytest
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not DEFAULT_DIR.is_dir():
-        pytest.skip("needs the Debian package dataset-fashion-mnist")
+def tiny(tmp_path_factory: pytest.TempPathFactory, fashion_mnist: None) -> Path:
     out = tmp_path_factory.mktemp("tiny")
     generate(out, TINY)
     return out

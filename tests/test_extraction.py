@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmrec.backbone import MobileNetV2, default_taps, load_backbone
-from mmrec.extraction import FeatureExtractor, resolve_device
+from mmrec.extraction import FeatureExtractor, feature_shapes, resolve_device
 from mmrec.features import ItemFeatures
 from mmrec.media import CorruptMedia, MediaTooLarge, UnsupportedMedia
 from mmrec.projection import Projection, default_projection_path
@@ -47,6 +47,7 @@ def test_map_shapes_follow_the_settings(overrides: dict[str, object], shapes: li
     ex = extractor(**overrides)
     item = ex.extract("cat", image_bytes())
     assert [tuple(m.shape) for m in item.maps] == shapes == list(ex.shapes)
+    assert list(feature_shapes(Settings(**{"input_size": 64, **overrides}))) == shapes  # without the CNN
     assert all(m.dtype == torch.float16 and torch.isfinite(m).all() for m in item.maps)
     assert item.nbytes == 2 * sum(c * h * w for c, h, w in shapes)
     assert item.version.backbone.startswith(f"mobilenet_v2-b0353104@{ex.input_size}:")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmrec.model import ModelConfig, ParamLayout, SharedParams, pair_scores, score
-from tests.reference import reference_score
+from mmrec.bench.naive import reference_score
 
 CASES = [
     # (config, users, items, grids)

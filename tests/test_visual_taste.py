@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from mmrec.cli import main
-from mmrec.datasets.fashion_mnist import DEFAULT_DIR, load_fashion_mnist
+from mmrec.datasets.fashion_mnist import load_fashion_mnist
 from mmrec.datasets.visual_taste import DAY, EPOCH, TINY, Simulation, generate, true_attributes
 from mmrec.evaluation.split import TemporalSplit
 from mmrec.interaction_log import read_interactions
 
-pytestmark = pytest.mark.skipif(not DEFAULT_DIR.is_dir(), reason="needs the Debian package dataset-fashion-mnist (make fashion-mnist)")
+pytestmark = pytest.mark.usefixtures("fashion_mnist")
 
 
 @pytest.fixture(scope="module")

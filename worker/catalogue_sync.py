@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from mmrec.extraction import feature_shapes
 from mmrec.item_codec import CorruptRecord, decode_item
 from worker.dead_letters import DeadLetters
 from worker.kafka_client import client_kwargs
@@ -28,6 +29,7 @@ class CatalogueSync:
         self.dead = dead
         self.listeners = list(listeners)
         self.topic = runtime.settings.topic_features
+        self.shapes = feature_shapes(runtime.settings)  # what records of our feature version must hold
         self.caught_up = False  # read up to the end offsets seen at start (or a poll came back empty)
         self.ready = asyncio.Event()  # set with caught_up: the learning agents wait for it
 
@@ -105,6 +107,10 @@ class CatalogueSync:
                 continue
             if record.key != item.media_id.encode():
                 rejected.append((record, "key_mismatch", f"key {record.key!r} is not the media id {item.media_id!r}"))
+                continue
+            shapes = tuple(tuple(m.shape) for m in item.maps)
+            if item.version == self.runtime.feature_version and shapes != self.shapes:
+                rejected.append((record, "feature_shape", f"layer shapes {shapes} are not {self.shapes} of feature version {item.version}"))
                 continue
             items.append(item)
         checkpoints = {f"{r.topic}/{r.partition}": r.offset + 1 for r in records}  # records are in order per partition

@@ -110,7 +110,7 @@ class Learning:
         if len(queue) >= self.settings.pending_limit:
             await self.dead.reject(message, "pending_limit", f"{len(queue)} events of this user already wait for media")
             return
-        queue.append(Parked(message.value.decode(), message.partition, message.offset, time.time()))
+        queue.append(Parked(message.value.decode(), message.partition, message.offset, time.time(), message.timestamp))
         self.tables.pending[user] = encode_pending(queue)
         self.waiting[interaction.media_id].add((interaction.user_id, message.partition))
         self.runtime.metrics.pending.inc()
@@ -130,7 +130,7 @@ class Learning:
             head = queue[0]
             interaction = parse(Interaction, head.value.encode())
             if self.runtime.interactions.ready(interaction):
-                await self.apply(user, interaction, head.partition, head.offset, None)
+                await self.apply(user, interaction, head.partition, head.offset, head.produced_at)
             elif head.parked_at < deadline:
                 await self.dead.send(
                     topic=self.settings.topic_interactions,

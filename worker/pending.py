@@ -1,7 +1,8 @@
 """Events of one user that wait, in order, for their media's features (the `pending` table's value).
 
 Stored as JSON bytes: a list of {"value": original message (str), "partition", "offset",
-"parked_at": unix seconds}. Once a user has a waiting event, every later event of that user waits
+"parked_at": unix seconds, "produced_at": the event's Kafka timestamp or null}. Once a user has a
+waiting event, every later event of that user waits
 behind it, so the user's events are always applied in their original order. A queue is looked at
 again when a wakeup for its user arrives on the (co-partitioned) wakeups topic.
 """
@@ -17,6 +18,7 @@ class Parked:
     partition: int
     offset: int
     parked_at: float
+    produced_at: float | None = None  # the event's Kafka timestamp: its latency counts the wait
 
 
 def encode_pending(queue: list[Parked]) -> bytes:

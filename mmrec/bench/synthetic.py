@@ -142,17 +142,31 @@ class MemmapCatalogue(ArrayCatalogue):
         return [torch.from_numpy(a[rows]).float() for a in self._arrays]
 
 
-def write_memmap(folder: Path, kind: str, count: int, seed: int) -> None:
-    """Writes `count` synthetic items as fp16 files (layer0.f16, ...) under folder, chunk by chunk."""
+def write_memmap(folder: Path, kind: str, count: int, seed: int, workers: int | None = None) -> None:
+    """Writes `count` synthetic items as fp16 files (layer0.f16, ...) under folder, chunk by chunk,
+    in parallel processes (deterministic: each chunk has its own seed)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     folder.mkdir(parents=True, exist_ok=True)
-    files = [np.memmap(folder / f"layer{j}.f16", dtype=np.float16, mode="w+", shape=(count, *s)) for j, s in enumerate(SHAPES)]
-    for start in range(0, count, _CHUNK):
-        stop = min(start + _CHUNK, count)
-        maps, _ = make_items(kind, stop - start, seed * 1_000_003 + start)
-        for f, m in zip(files, maps):
-            f[start:stop] = m.to(torch.float16).numpy()
-    for f in files:
-        f.flush()
+    for j, shape in enumerate(SHAPES):
+        np.memmap(folder / f"layer{j}.f16", dtype=np.float16, mode="w+", shape=(count, *shape)).flush()
+    jobs = [(folder, kind, count, seed, start, min(start + _CHUNK, count)) for start in range(0, count, _CHUNK)]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            _write_chunk(*job)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_chunk, *zip(*jobs)))
+
+
+def _write_chunk(folder: Path, kind: str, count: int, seed: int, start: int, stop: int) -> None:
+    torch.set_num_threads(1)
+    maps, _ = make_items(kind, stop - start, seed * 1_000_003 + start)
+    for j, (shape, layer) in enumerate(zip(SHAPES, maps)):
+        out = np.memmap(folder / f"layer{j}.f16", dtype=np.float16, mode="r+", shape=(count, *shape))
+        out[start:stop] = layer.to(torch.float16).numpy()
+        out.flush()
 
 
 def in_memory(kind: str, count: int, seed: int) -> ArrayCatalogue:

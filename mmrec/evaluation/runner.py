@@ -86,8 +86,9 @@ def rank_task(ranker: Ranker, task: RankingTask, priorities: torch.Tensor, k_max
     overall, cold = [], []
     for start in tqdm(range(0, task.users.size, _USER_CHUNK), desc=desc, unit="chunk", leave=False):
         rows = slice(start, start + _USER_CHUNK)
+        users = torch.from_numpy(task.users[rows])
         with torch.no_grad():
-            scores = ranker.scores(torch.from_numpy(task.users[rows]), items)
+            scores = _checked(ranker.scores(users, items), users, items)
         relevant = torch.from_numpy(task.dense(task.relevant, rows))
         candidates = ~torch.from_numpy(task.dense(task.excluded, rows))
         overall.append(rank_users(scores, candidates, relevant, order, k_max))
@@ -123,8 +124,9 @@ def prequential(
         seen = engaged.setdefault(event.user, set())
         if event.label >= 0.5 and event.item not in seen and (scored is None or event.user in scored):
             items = torch.from_numpy(by_first[: np.searchsorted(sorted_first, event.time, side="right")])
+            user = torch.tensor([event.user])
             with torch.no_grad():
-                scores = ranker.scores(torch.tensor([event.user]), items)
+                scores = _checked(ranker.scores(user, items), user, items)
             candidates = ~torch.from_numpy(np.isin(items.numpy(), list(seen)))[None, :]
             relevant = (items == event.item)[None, :]
             overall.append(rank_users(scores, candidates, relevant, torch.argsort(priorities[items]), k_max))
@@ -195,6 +197,13 @@ def split_counts(data: EvaluationData, split: TemporalSplit) -> dict[str, int]:
     counts.update({f"{name}_events": len(part) for name, part in parts.items()})
     counts.update({"test_users": int(task.users.size), "cold_items": int(task.cold.sum())})
     return counts
+
+
+def _checked(scores: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """A ranker's scores, refused unless they are (U, I)."""
+    if scores.shape != (users.numel(), items.numel()):
+        raise ValueError(f"a ranker returned scores of shape {tuple(scores.shape)} for {users.numel()} users x {items.numel()} items")
+    return scores
 
 
 def _fmt(params: Mapping[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """A naive, obviously-correct scorer: one (user, item) pair at a time, one channel at a time.
 
 Only torch.nn.functional.conv2d on single 2-D maps, explicit window loops for pooling and the claim-8
-formula written out. Slow by design; the vectorised scorer in mmrec.model must agree with it.
+formula written out. Slow by design: the test suite's oracle (the vectorised scorer in mmrec.model
+must agree with it) and the baseline the `scoring` benchmark times.
 """
 from __future__ import annotations
 

@@ -1,0 +1,64 @@
+"""`mmrec bench extract`: images per second of feature extraction by batch size, on the CPU and on
+CUDA when torch sees one.
+
+Two figures per batch size: `cnn` (decoded frames -> stored maps: backbone, projection, pooling; the
+part a GPU accelerates) and `end_to_end` (image bytes -> ItemFeatures: decoding, resizing, the CNN,
+fp16), both over the bundled sample images (scikit-image's data, PNG and JPEG).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from mmrec.bench.common import emit, time_calls
+from mmrec.extraction import FeatureExtractor
+from mmrec.samples import sample_images
+from mmrec.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--seconds", type=float, default=3.0, help="time spent per measurement (at least)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    paths = sample_images()
+    blobs = [(p.stem, p.read_bytes()) for p in paths]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    figures: dict[str, dict[str, float]] = {}
+    backbone = None
+    for device in devices:
+        for batch in args.batch_sizes:
+            settings = Settings(device=device, input_size=args.input_size, extract_batch_size=batch, bootstrap_servers=None)
+            extractor = FeatureExtractor(settings, backbone=backbone if device == "cpu" else None)
+            if device == "cpu":
+                backbone = extractor.backbone
+            decoded = [extractor.decode(data).frames for _, data in blobs]
+            frames = np.concatenate(decoded)
+            reps = -(-batch // frames.shape[0])
+            frames = np.concatenate([frames] * reps)[:batch]
+
+            def cnn() -> None:
+                extractor.frame_maps(frames)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+
+            cnn_times = time_calls(cnn, min_seconds=args.seconds / 2)
+            work = (blobs * (-(-batch // len(blobs))))[: max(batch, len(blobs))]
+            e2e_times = time_calls(lambda: extractor.extract_many(work), min_seconds=args.seconds / 2)
+            figures[f"{device}_batch{batch}"] = {
+                "cnn_images_per_s": batch / min(cnn_times),
+                "end_to_end_images_per_s": len(work) / min(e2e_times),
+            }
+    config = {
+        "backbone": "MobileNetV2 (torchvision weights), taps at blocks 6, 13, 17", "input_size": args.input_size,
+        "N": 3, "d": 8, "max_grid": 14, "devices": devices, "images": [p.name for p in paths],
+    }
+    notes = ["cnn: uint8 frames -> maps (backbone + projection + pooling), best of repeated calls",
+             "end_to_end: bytes -> ItemFeatures (decode, crop/resize, cnn, fp16) over the sample images, best of repeated calls"]
+    if not torch.cuda.is_available():
+        notes.append("no CUDA device here: CPU figures only")
+    return emit("extract", config, figures, notes, as_json=args.json)
