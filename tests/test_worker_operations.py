@@ -139,14 +139,20 @@ def test_workers_of_each_role_are_scraped_and_their_metrics_move_as_events_flow(
         last = {json.loads(r.value)["user_id"]: json.loads(r.value) for r in recs}
         assert {i["media_id"] for i in last["ann"]["items"]}.isdisjoint({"brick", "grass"})
 
+        seen: dict[str, float] = {}
+
         def moved() -> bool:
             learn, score = (scrape(w.settings.web_port) for w in workers[1:])
-            return (
-                value(learn, "mmrec_online_step_seconds_count") >= 3
-                and value(score, "mmrec_interaction_to_recommendation_seconds_count") >= 2
-                and value(score, "mmrec_catalogue_items") == len(IMAGES)
+            seen.update(
+                steps=value(learn, "mmrec_online_step_seconds_count"),
+                latencies=value(score, "mmrec_interaction_to_recommendation_seconds_count"),
+                items=value(score, "mmrec_catalogue_items"),
             )
-        wait_for(moved, "the step and latency histograms", workers[2])
+            return seen["steps"] >= 3 and seen["latencies"] >= 2 and seen["items"] == len(IMAGES)
+        try:
+            wait_for(moved, "the step and latency histograms", workers[2])
+        except AssertionError as exc:
+            raise AssertionError(f"last seen: {seen}") from exc
         extract, learn, score = (scrape(w.settings.web_port) for w in workers)
     finally:
         codes = {w.settings.role: w.stop() for w in workers}
