@@ -3,6 +3,7 @@ runs of the commands (figures are not asserted: performance is measured by `make
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from mmrec.bench.report import write_report
 from mmrec.bench.scoring import useful_flops_per_pair
 from mmrec.cli import main
 from mmrec.model import ModelConfig, ParamLayout, SharedParams
+from worker.soak_bench import summarize
 
 
 def test_useful_flops_of_the_default_configuration():
@@ -67,3 +69,43 @@ def test_report_has_the_table_and_the_figure(tmp_path: Path):
     assert "recall@100 (shortlist 1000), mean / worst user | 0.97 / 0.9 | >= 0.95 | yes |" in text
     assert (tmp_path / "report.md").read_text() == text
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_soak_summary_tells_new_users_state_from_a_leak():
+    minutes = [0.5 * i for i in range(1, 61)]
+    users = [100_000 * (1 - math.exp(-200 * 60 * m / 100_000)) for m in minutes]
+    wobble = [0.3 * math.sin(7 * m) for m in minutes]
+    flat = summarize(minutes, [700 + w for w in wobble], users, warmup_minutes=5, max_slope_mb_per_min=1.0)
+    assert flat["fit_from_minute"] == 5 and flat["flat"] and flat["verdict"].startswith("flat")
+    assert abs(flat["slope_mb_per_min"]) < 0.1 and flat["users_seen_at_warmup_end"] == int(users[9])
+
+    per_user = summarize(minutes, [600 + 1000 * u / 2**20 + w for u, w in zip(users, wobble)], users, 5, 1.0)
+    assert not per_user["flat"] and per_user["slope_mb_per_min"] > 1.0
+    assert per_user["bytes_per_new_user"] == pytest.approx(1000, rel=0.05) and abs(per_user["slope_beyond_users_mb_per_min"]) < 0.1
+    assert per_user["verdict"].startswith("grows with the users seen")
+
+    leak = summarize(minutes, [600 + 2 * m + w for m, w in zip(minutes, wobble)], [1000] * 60, 5, 1.0)
+    assert leak["slope_mb_per_min"] == pytest.approx(2, abs=0.05) and leak["rss_mb_at_end"] == pytest.approx(660, abs=0.5)
+    assert not leak["flat"] and "no new users" in leak["verdict"]
+
+    short = summarize(minutes[:4], [600, 610, 620, 630], users[:4], 0.5, 1.0)
+    assert short["bytes_per_new_user"] is None and "cannot tell" in short["verdict"]
+
+
+def test_soak_command_runs_one_worker_on_the_embedded_broker(capsys, tmp_path: Path):
+    out = run_json(
+        ["bench", "soak", "--json", "--minutes", "0.25", "--window-s", "5", "--warmup-minutes", "0.05", "--rate", "40",
+         "--users", "500", "--items", "300", "--out", str(tmp_path)],
+        capsys,
+    )
+    assert out["bench"] == "soak" and out["config"]["warmup_minutes"] == 0.05
+    windows = out["figures"]["windows"]
+    assert len(windows) == 3 and windows[-1]["minute"] == pytest.approx(0.25, abs=0.02)
+    assert {"sent_per_s", "answered_per_s", "latency_ms", "lost", "worker_rss_mb", "worker_cpu", "broker_rss_mb", "users_seen"} <= set(windows[0])
+    assert sum(w["answered_per_s"] for w in windows) > 0 and all(w["worker_rss_mb"] > 0 for w in windows)
+    assert all(w["latency_ms"]["p50"] > 0 for w in windows if w["answered_per_s"] > 0)
+    summary = out["figures"]["summary"]
+    assert {"rss_mb_at_warmup_end", "rss_mb_at_end", "slope_mb_per_min", "threshold_mb_per_min", "flat", "verdict"} <= set(summary)
+    assert out["figures"]["after_warmup"]["latency_ms"]["p50_median"] > 0
+    assert json.loads((tmp_path / "soak.json").read_text())["figures"] == out["figures"]
+    assert (tmp_path / "soak.png").stat().st_size > 10_000
