@@ -130,8 +130,8 @@ def parse(model: type[Message], raw: bytes | None) -> Message:
         raise InvalidMessage("empty_value", "message has no value")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidMessage("invalid_json", f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5000-digit number, nesting too deep
+        raise InvalidMessage("invalid_json", f"not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise InvalidMessage("invalid_schema", f"expected a JSON object, got {type(data).__name__}")
     try:

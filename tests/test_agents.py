@@ -36,7 +36,8 @@ def make_worker(data_dir: Path, **overrides: object) -> Worker:
     version = built.runtime.feature_version
     built.runtime.catalogue.add([make_item(f"m{i}", seed=i, version=version) for i in range(6)])
     built.runtime.apply_item_bias([f"m{i}" for i in range(6)])  # as the catalogue sync does
-    built.catalogue.mark_caught_up()  # the learning agents wait for it
+    if built.catalogue is not None:  # the extract role keeps no catalogue copy
+        built.catalogue.mark_caught_up()  # the learning agents wait for it
     return built
 
 

@@ -197,9 +197,12 @@ def attach_learning(app: faust.App, topics: Topics, learning: Learning) -> None:
     async def wake(stream: faust.StreamT) -> None:
         async for event in stream.events():
             try:
-                Wakeup.decode(event.value)
-            except (ValueError, TypeError) as exc:
+                wakeup = Wakeup.decode(event.value)
+            except ValueError as exc:
                 await dead.reject(event.message, "invalid_wakeup", str(exc))
+                continue
+            if event.key != wakeup.user_id.encode():
+                await dead.reject(event.message, "key_mismatch", f"message key {event.key!r} is not the user id {wakeup.user_id!r}")
                 continue
             await learning.catalogue_ready.wait()
             async with learning.user_lock(event.key):

@@ -39,5 +39,12 @@ class Wakeup:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> Wakeup:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | None) -> Wakeup:
+        """Raises ValueError on anything but {"user_id": "<text>"}."""
+        try:
+            data = json.loads(raw) if raw is not None else None
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"not JSON: {type(exc).__name__}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("user_id"), str):
+            raise ValueError('expected {"user_id": "<text>"}')
+        return cls(data["user_id"])
