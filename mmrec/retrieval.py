@@ -50,7 +50,7 @@ class RetrievalConfig:
     min_items: int = 5_000  # auto: a shortlist from this many items on, exact scoring below
     shortlist_factor: int = 10  # S = shortlist_factor * k items re-scored exactly per user ...
     shortlist_min: int = 100  # ... but at least this many
-    partition_min_items: int = 200_000  # an inverted-file index from this many items on
+    partition_min_items: int = 5_000_000  # an inverted-file index from this many items on
     partition_probe: float = 0.03  # fraction of the lists a query reads
     seed: int = 0  # k-means initialisation
 

@@ -85,7 +85,7 @@ class RetrievalSettings(BaseModel):
     retrieval_min_items: int = Field(5_000, ge=0, description="With retrieval=auto, catalogues of at least this many items are ranked through the shortlist.")
     retrieval_shortlist_factor: int = Field(10, ge=1, le=1000, description="Items re-scored exactly per item published: a shortlist of factor x top_k items (at least retrieval_shortlist_min).")
     retrieval_shortlist_min: int = Field(100, ge=1, le=100_000, description="Smallest shortlist re-scored exactly per user.")
-    retrieval_partition_min_items: int = Field(200_000, ge=1, description="Catalogues of at least this many items get an inverted-file index (k-means lists) over the surrogate, so a refresh reads a few percent of the item vectors.")
+    retrieval_partition_min_items: int = Field(5_000_000, ge=1, description="Catalogues of at least this many items get an inverted-file index (k-means lists) over the surrogate, so a refresh reads a few percent of the item vectors (measured at 1M items: recall@100 0.61 at probe 0.03, 0.84 at 0.1, against 0.93 for the full scan at about the latency of probe 0.1; docs/design.md).")
     retrieval_partition_probe: float = Field(0.03, gt=0, le=1, description="Fraction of the inverted-file lists a refresh reads (more: higher recall, slower).")
 
     def retrieval_config(self) -> RetrievalConfig:
