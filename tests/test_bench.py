@@ -84,9 +84,12 @@ def test_soak_summary_tells_new_users_state_from_a_leak():
     assert per_user["bytes_per_new_user"] == pytest.approx(1000, rel=0.05) and abs(per_user["slope_beyond_users_mb_per_min"]) < 0.1
     assert per_user["verdict"].startswith("grows with the users seen")
 
-    leak = summarize(minutes, [600 + 2 * m + w for m, w in zip(minutes, wobble)], [1000] * 60, 5, 1.0)
+    leak = summarize(minutes, [600 + 2 * m + w for m, w in zip(minutes, wobble)], [999] * 30 + [1000] * 30, 5, 1.0)
     assert leak["slope_mb_per_min"] == pytest.approx(2, abs=0.05) and leak["rss_mb_at_end"] == pytest.approx(660, abs=0.5)
-    assert not leak["flat"] and "no new users" in leak["verdict"]
+    assert not leak["flat"] and leak["bytes_per_new_user"] is None and "no new users" in leak["verdict"]
+    memtables = summarize(minutes, [600 + 2 * m + w for m, w in zip(minutes, wobble)], [1000] * 60, 5, 1.0, memtables_mb_per_min=1.8)
+    assert memtables["slope_beyond_memtables_mb_per_min"] == pytest.approx(0.2, abs=0.05)
+    assert memtables["verdict"].startswith("grows with the RocksDB memtables")
 
     short = summarize(minutes[:4], [600, 610, 620, 630], users[:4], 0.5, 1.0)
     assert short["bytes_per_new_user"] is None and "cannot tell" in short["verdict"]
@@ -101,11 +104,12 @@ def test_soak_command_runs_one_worker_on_the_embedded_broker(capsys, tmp_path: P
     assert out["bench"] == "soak" and out["config"]["warmup_minutes"] == 0.05
     windows = out["figures"]["windows"]
     assert len(windows) == 3 and windows[-1]["minute"] == pytest.approx(0.25, abs=0.02)
-    assert {"sent_per_s", "answered_per_s", "latency_ms", "lost", "worker_rss_mb", "worker_cpu", "broker_rss_mb", "users_seen"} <= set(windows[0])
+    assert {"sent_per_s", "answered_per_s", "latency_ms", "overdue", "worker_rss_mb", "worker_cpu", "broker_rss_mb", "users_seen"} <= set(windows[0])
     assert sum(w["answered_per_s"] for w in windows) > 0 and all(w["worker_rss_mb"] > 0 for w in windows)
     assert all(w["latency_ms"]["p50"] > 0 for w in windows if w["answered_per_s"] > 0)
     summary = out["figures"]["summary"]
     assert {"rss_mb_at_warmup_end", "rss_mb_at_end", "slope_mb_per_min", "threshold_mb_per_min", "flat", "verdict"} <= set(summary)
     assert out["figures"]["after_warmup"]["latency_ms"]["p50_median"] > 0
+    assert out["figures"]["rocksdb_memtables_at_end"]["entries"] > 0
     assert json.loads((tmp_path / "soak.json").read_text())["figures"] == out["figures"]
     assert (tmp_path / "soak.png").stat().st_size > 10_000

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -160,10 +161,14 @@ def worker_config(settings: Settings, wait_ms: int) -> dict:
 
 @dataclass(frozen=True)
 class RunningWorker:
-    pid: int
+    process: subprocess.Popen
     media: list[str]  # the catalogue's item ids
     inject_s: float  # seconds to produce the catalogue onto the features topic
     ready_s: float  # seconds from starting the worker to its readiness with every item
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 @contextlib.asynccontextmanager
@@ -181,7 +186,7 @@ async def running_worker(settings: Settings, items: int, wait_ms: int) -> AsyncI
     try:
         t0 = time.perf_counter()
         await _wait_ready(settings, items, worker)
-        yield RunningWorker(worker.pid, media, inject_s, time.perf_counter() - t0)
+        yield RunningWorker(worker, media, inject_s, time.perf_counter() - t0)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -431,12 +436,9 @@ class Session:
         answers, self.answers = self.answers, []
         return answers
 
-    def give_up(self, sent_before: float) -> int:
-        """Stops waiting for the interactions sent before a perf_counter time; how many they were."""
-        late = [n for n, sent_at in self.sent.items() if sent_at < sent_before]
-        for number in late:
-            del self.sent[number]
-        return len(late)
+    def overdue(self, sent_before: float) -> int:
+        """How many interactions sent before a perf_counter time are still unanswered."""
+        return sum(1 for _ in itertools.takewhile(lambda sent_at: sent_at < sent_before, self.sent.values()))
 
     async def stop(self) -> None:
         self.reader.cancel()
