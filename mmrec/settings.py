@@ -145,6 +145,8 @@ class KafkaSettings(BaseModel):
 class WorkerSettings(BaseModel):
     role: Literal["all", "extract", "learn", "score"] = Field("all", description="Which agents this worker runs: extract (uploads -> features), learn (interactions -> user state -> user updates), score (user updates and new media -> recommendations), or all of them in one process (the default for one machine).")
     table_store: Literal["rocksdb", "memory"] = Field("rocksdb", description="Where user-state tables live between restarts (rocksdb keeps them on local disk).")
+    rocksdb_write_buffer_mb: int = Field(4, ge=1, le=1024, description="RocksDB memtable size per table partition (two of them at most); writes stay in memory until one fills. faust's default is 64.")
+    rocksdb_block_cache_mb: int = Field(8, ge=1, le=16384, description="RocksDB read cache per table partition. faust's default is 2048. A worker's RocksDB memory is at most (2 x write buffer + cache) x 2 tables x partitions held.")
     web_host: str = Field("0.0.0.0", description="Address of the metrics and health HTTP server.")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the metrics and health HTTP server.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Worker log level.")

@@ -164,3 +164,16 @@ def test_catalogue_sync_rejects_features_in_other_shapes_than_the_settings_give(
     new_ids, rejected = worker.catalogue._store(records)
     assert new_ids == ["fine"] and "odd" not in worker.runtime.catalogue
     assert [(r.key, reason) for r, reason, _ in rejected] == [(b"odd", "feature_shape")]
+
+
+def test_rocksdb_tables_get_bounded_memory_settings(tmp_path: Path):
+    """faust's defaults (3 x 64 MB memtables, a 2 GB cache per table partition) are replaced."""
+    settings = Settings(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path, table_store="rocksdb", partitions=1,
+                        rocksdb_write_buffer_mb=2, rocksdb_block_cache_mb=3)
+    built = create_worker(settings, Metrics(CollectorRegistry()), web_enabled=False)
+    try:
+        for table in (built.tables.user_state, built.tables.pending):
+            options = table.data.rocksdb_options
+            assert (options.write_buffer_size, options.max_write_buffer_number, options.block_cache_size) == (2 << 20, 2, 3 << 20)
+    finally:
+        built.runtime.close()
