@@ -30,7 +30,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 PLAN: list[tuple[str, list[str]]] = [
     ("scoring", ["--threads", "1"]),
     ("scoring", []),
-    ("update", []),
+    ("update", ["--threads", "1"]),  # as the stream benchmark runs its worker (MMREC_TORCH_THREADS=1)
     ("extract", []),
     ("retrieval", []),
     ("stream", []),
