@@ -93,3 +93,26 @@ def test_merge_keeps_the_best_k_and_replaces_rescored_rows():
     rows, scores = np.array([4, 7, 9]), np.array([3.0, 2.0, 1.0], dtype=np.float32)
     merged_rows, merged_scores = _merge(rows, scores, np.array([7, 11]), np.array([0.5, 2.5]), 3)
     assert merged_rows.tolist() == [4, 11, 9] and merged_scores.tolist() == [3.0, 2.5, 1.0]
+
+
+def test_users_idle_past_the_window_are_evicted_and_the_rest_kept(monkeypatch):
+    """`active` stays in order of last activity (a noted user moves to the end), so eviction walks
+    only the idle front; a user still waiting for a refresh is never dropped."""
+    rt = runtime(10, RetrievalConfig(mode="exact"))
+    rt.settings = Settings(top_k=5, refresh_debounce_ms=0, active_user_window_s=100)
+    refresher = Refresher(rt, Topic())  # type: ignore[arg-type]
+    clock = [1_000.0]
+    monkeypatch.setattr(refresh.time, "time", lambda: clock[0])
+    trigger = Trigger(kind="interaction", event_id="e")
+    for t, user in [(0, "a"), (10, "b"), (20, "c"), (30, "d"), (40, "a")]:  # "a" is active again at 40
+        clock[0] = 1_000.0 + t
+        refresher.note(user, state(0), 0, trigger, None, True)
+    assert list(refresher.active) == ["b", "c", "d", "a"]
+    refresher.dirty = {"c": refresher.dirty["c"]}  # c still waits for its refresh
+    clock[0] = 1_000.0 + 125  # horizon 25: b (10) goes, c (20) waits for its refresh, d (30) is recent
+    refresher._evict_inactive()
+    assert list(refresher.active) == ["c", "d", "a"]
+    clock[0] = 1_000.0 + 200
+    refresher.dirty = {}
+    refresher._evict_inactive()
+    assert list(refresher.active) == []

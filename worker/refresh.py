@@ -74,7 +74,7 @@ class Refresher:
     def note(self, user_id: str, state: UserState, partition: int, trigger: Trigger, produced_at: float | None, applied: bool) -> None:
         """An event changed a user's state (or was a duplicate: then its output may have been lost
         in a crash, so refresh anyway): refresh them soon. The list names the latest applied event."""
-        previous = self.active.get(user_id)
+        previous = self.active.pop(user_id, None)  # re-inserted last: `active` is in order of last activity
         self.active[user_id] = ActiveUser(
             offsets=state.offsets.detach().to(torch.float32).numpy().tobytes(),
             seen=np.asarray(state.seen, dtype=np.uint64).tobytes(),
@@ -168,8 +168,17 @@ class Refresher:
             metrics.refresh_latency.observe(max(0.0, time.time() - due.produced_at))
 
     def _evict_inactive(self) -> None:
+        """Drops users idle for longer than the window: walks `active` from its least recently
+        active end and stops at the first recent one, so a call costs what it evicts, not the number
+        of active users (measured: a full scan per refresh slowed a soak as users accumulated)."""
         horizon = time.time() - self.settings.active_user_window_s
-        for user in [u for u, a in self.active.items() if a.last_active < horizon and u not in self.dirty]:
+        expired = []
+        for user, active in self.active.items():
+            if active.last_active >= horizon:
+                break
+            if user not in self.dirty:
+                expired.append(user)
+        for user in expired:
             del self.active[user]
         self.runtime.metrics.users.set(len(self.active))
 
