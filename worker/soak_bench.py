@@ -16,8 +16,8 @@ threshold (--max-slope-mb-per-min). Two causes of growth are not leaks:
   the users curve bends enough to tell the two apart, and its verdict says which explains the growth.
   With few --users (all seen during warm-up) any growth left is not theirs.
 - RocksDB memtables: every write of a user's state stays in memory until its partition's memtable
-  reaches faust's write_buffer_size (64 MB) and is flushed, i.e. for hours at a few hundred events
-  per second. The soak reads what they held at the end from the worker's RocksDB LOGs.
+  reaches the write buffer size (MMREC_ROCKSDB_WRITE_BUFFER_MB, 4 MB; faust's own default, 64 MB,
+  held writes for hours) and is flushed. The soak reads what they held at the end from the worker's RocksDB LOGs.
 """
 from __future__ import annotations
 
@@ -98,8 +98,8 @@ async def _main(args: argparse.Namespace) -> tuple[list[dict], dict | None, dict
         "overdue: interactions sent over overdue_s before the window's end and still unanswered (the backlog; also the rare event "
         "whose refresh was merged, debounced, with a later one of the same user's)",
         "rocksdb_memtables_at_end: the worker's table writes held in memory when it stopped (its RocksDB LOGs; mb_per_min over the "
-        "whole load, they start empty): every write of a user's state adds to them until a memtable reaches faust's "
-        "write_buffer_size (64 MB per partition's database) and is flushed, so they grow with the interactions, new users or not",
+        "whole load, they start empty): every write of a user's state adds to them until a memtable reaches the "
+        "write buffer size (MMREC_ROCKSDB_WRITE_BUFFER_MB per partition's database) and is flushed",
         "the producer, consumer, broker and worker share the machine",
     ]
     return windows, memtables, config, notes
@@ -218,7 +218,8 @@ def summarize(minutes: Sequence[float], rss_mb: Sequence[float], users: Sequence
 def _joint_fit(t: np.ndarray, rss: np.ndarray, seen: np.ndarray, min_samples: int = 10) -> tuple[float, float, float, float] | None:
     """(MB per minute, MB per user) of rss ~ a + b t + c seen, each followed by its standard error;
     None with fewer than min_samples, or when seen is (nearly) a straight line in t so that the two
-    cannot be told apart (R^2 of seen against t above 0.999)."""
+    cannot be told apart (R^2 of seen against t above 0.999), or when the fit gives users a negative
+    size (time and users too collinear to separate)."""
     if len(t) < min_samples:
         return None
     line = np.column_stack([np.ones_like(t), t])
@@ -229,6 +230,8 @@ def _joint_fit(t: np.ndarray, rss: np.ndarray, seen: np.ndarray, min_samples: in
     coef, *_ = np.linalg.lstsq(design, rss, rcond=None)
     noise = np.sum((rss - design @ coef) ** 2) / (len(t) - 3)
     se = np.sqrt(noise * np.diag(np.linalg.inv(design.T @ design)))
+    if coef[2] < 0:
+        return None
     return float(coef[1]), float(se[1]), float(coef[2]), float(se[2])
 
 
@@ -239,7 +242,7 @@ def _verdict(s: dict, new_users: float) -> str:
     if s["flat"]:
         return f"flat: {head}"
     if s["memtables_mb_per_min"]:
-        head += f", RocksDB memtables {s['memtables_mb_per_min']:.2f} of it (until each flushes at 64 MB)"
+        head += f", RocksDB memtables {s['memtables_mb_per_min']:.2f} of it (bounded: each flushes at MMREC_ROCKSDB_WRITE_BUFFER_MB)"
         if s["slope_beyond_memtables_mb_per_min"] <= threshold:
             return f"grows with the RocksDB memtables: {head}; {s['slope_beyond_memtables_mb_per_min']:.2f} MB/min beyond them, flat otherwise"
     if new_users < 0.01 * s["users_seen_at_end"]:
