@@ -105,7 +105,7 @@ def rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
             ("stream", f"at {target.get('offered_per_s')}/s: latency p50 / p99 ms", f"{_num(lat.get('p50'))} / {_num(lat.get('p99'))}", "p99 < 100 ms", _verdict(lat.get("p99", 1e9) < 100)),
             ("stream", "sustained rate /s (latency p50 / p99 ms there)", f"{_num(f.get('sustained_rate'))} ({_num(_get(best, 'latency_ms', 'p50'))} / {_num(_get(best, 'latency_ms', 'p99'))})", "", ""),
             ("stream", "ratio_vs_floor p50 / p99", f"{_num(f.get('ratio_vs_floor_p50'))} / {_num(f.get('ratio_vs_floor_p99'))}", "", ""),
-            ("stream", "worker CPU ms per interaction, resident MB", f"{_num(target.get('worker_cpu_ms_per_event'))}, {_num(target.get('worker_rss_mb'))}", "", ""),
+            ("stream", "worker CPU ms per interaction offered, resident MB", f"{_num(target.get('worker_cpu_ms_per_event'))}, {_num(target.get('worker_rss_mb'))}", "", ""),
         ]
     return out
 
