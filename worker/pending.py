@@ -2,9 +2,9 @@
 
 Stored as JSON bytes: a list of {"value": original message (str), "partition", "offset",
 "parked_at": unix seconds, "produced_at": the event's Kafka timestamp or null}. Once a user has a
-waiting event, every later event of that user waits
-behind it, so the user's events are always applied in their original order. A queue is looked at
-again when a wakeup for its user arrives on the (co-partitioned) wakeups topic.
+waiting event, every later event of that user waits behind it, so the user's events are always
+applied in their original order. A queue is looked at again when a wakeup for its user arrives on
+the (co-partitioned) wakeups topic.
 """
 from __future__ import annotations
 
