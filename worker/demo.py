@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from mmrec.settings import Settings
 from worker.embedded_broker import EmbeddedBroker, free_port
 from worker.kafka_client import client_kwargs
 from worker.main import create_topics
+from worker.subprocesses import stop
 
 # Simulated users: each engages with half of the media of their taste and skips other media.
 TASTES: dict[str, tuple[str, ...]] = {
@@ -92,12 +92,7 @@ def _worker_process(settings: Settings, media: dict[str, Path]) -> Iterator[subp
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace_s=20)
         log.close()
         print(f"worker stopped (exit {process.returncode})")
 

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+
+from worker.subprocesses import stop as terminate
 
 if TYPE_CHECKING:
     from mmrec.settings import Settings
@@ -188,12 +189,7 @@ async def running_worker(settings: Settings, items: int, wait_ms: int) -> AsyncI
         await _wait_ready(settings, items, worker)
         yield RunningWorker(worker, media, inject_s, time.perf_counter() - t0)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        terminate(worker, grace_s=30)
 
 
 def remove_folder(folder: Path, keep: bool) -> list[str]:
