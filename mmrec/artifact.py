@@ -1,7 +1,7 @@
 """The versioned model artifact `mmrec train` writes and the worker loads: one safetensors file.
 
 Tensors: prior (P,), attention_channels (N, d), visual_bias (N, d), global_bias (), item_bias (I,),
-user_offsets (U, P). Metadata: format tag, model config, feature version, item and user ids (JSON),
+item_factors (I, k) (k = 0 for the faithful model), user_offsets (U, P). Metadata: format tag, model config, feature version, item and user ids (JSON),
 training notes, and a SHA-256 digest of all of it; loading recomputes the digest and refuses a file
 that does not match (or that does not match a digest pinned by the operator). Never pickle.
 """
@@ -22,8 +22,8 @@ from torch import Tensor
 from mmrec.features import FeatureVersion
 from mmrec.model import ModelConfig, ParamLayout, SharedParams
 
-FORMAT = "mmrec.model/1"
-_TENSORS = ("prior", "attention_channels", "visual_bias", "global_bias", "item_bias", "user_offsets")
+FORMAT = "mmrec.model/2"  # /1 lacked item_factors
+_TENSORS = ("prior", "attention_channels", "visual_bias", "global_bias", "item_bias", "item_factors", "user_offsets")
 
 
 class ArtifactError(ValueError):
@@ -37,6 +37,7 @@ class ModelArtifact:
     shared: SharedParams
     item_ids: tuple[str, ...]
     item_bias: Tensor  # (I,) learned residual per item
+    item_factors: Tensor  # (I, k) collaborative factors per item (hybrid extension; k = 0: none)
     user_ids: tuple[str, ...]
     user_offsets: Tensor  # (U, P) each trained user's offsets from the prior
     notes: dict[str, str] = field(default_factory=dict)  # e.g. data set, events, epochs, trained_at
@@ -47,7 +48,7 @@ class ModelArtifact:
         return _digest(self._arrays(), self._metadata())[:12]
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        tensors = {**self.shared.tensors(), "item_bias": self.item_bias, "user_offsets": self.user_offsets}
+        tensors = {**self.shared.tensors(), "item_bias": self.item_bias, "item_factors": self.item_factors, "user_offsets": self.user_offsets}
         return {name: tensors[name].detach().to(torch.float32).contiguous().numpy() for name in _TENSORS}
 
     def _metadata(self) -> dict[str, str]:
@@ -106,6 +107,7 @@ def load_artifact(path: Path, expected_sha256: str | None = None) -> ModelArtifa
         "visual_bias": (cfg.n_layers, cfg.channels),
         "global_bias": (),
         "item_bias": (len(item_ids),),
+        "item_factors": (len(item_ids), cfg.collab_dim),
         "user_offsets": (len(user_ids), size),
     }
     wrong = {name: tuple(tensors[name].shape) for name, shape in expected.items() if tuple(tensors[name].shape) != shape}
@@ -117,6 +119,7 @@ def load_artifact(path: Path, expected_sha256: str | None = None) -> ModelArtifa
         shared=SharedParams(tensors["prior"], tensors["attention_channels"], tensors["visual_bias"], tensors["global_bias"]),
         item_ids=item_ids,
         item_bias=tensors["item_bias"],
+        item_factors=tensors["item_factors"],
         user_ids=user_ids,
         user_offsets=tensors["user_offsets"],
         notes=notes,

@@ -3,9 +3,11 @@
 Shapes: I items (len), C >= I allocated rows (capacity), N layers, d channels, (H_j, W_j) grids.
     maps[j]  (C, d, H_j, W_j)  float16, rows [0, I) live, row r holds ids[r]
     bias     (C,)              float32 learned per-item residual, 0 for an item never trained on
+    factors  (C, k)            float32 collaborative factors of the hybrid extension (k = 0: none),
+                               0 for an item never trained on
 
 Rows are stable: an id keeps its row for the catalogue's life (a re-added id is replaced in place).
-One writer thread (add, bias writes). Other threads may read meanwhile: a new row is published (in
+One writer thread (add, bias and factor writes). Other threads may read meanwhile: a new row is published (in
 ids, len, rows_changed_since) only after its maps are written, and storage grows by swapping in
 copies. A row replaced in place can be read half-written; features are deterministic per media and
 feature version, so a replacement normally writes the bits the row already holds.
@@ -27,20 +29,23 @@ _LOAD_BATCH = 1024
 
 
 class Catalogue:
-    """Per-layer dense fp16 maps, ids, id -> row, and a per-item bias residual."""
+    """Per-layer dense fp16 maps, ids, id -> row, a per-item bias residual and collaborative factors."""
 
     def __init__(
         self,
         version: FeatureVersion,
         layer_shapes: Sequence[LayerShape] | None = None,
         capacity: int = 0,
+        factor_dim: int = 0,
     ) -> None:
-        """layer_shapes: [(d, H_j, W_j)] * N, or None to take them from the first item added."""
+        """layer_shapes: [(d, H_j, W_j)] * N, or None to take them from the first item added;
+        factor_dim: k of the hybrid extension's item factors (0 for the faithful model)."""
         self.version = version
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
         self._maps: list[Tensor] = []
         self._bias = torch.zeros(0)
+        self._factors = torch.zeros(0, factor_dim)
         self._revision = 0
         self._row_revision = torch.zeros(0, dtype=torch.long)  # revision that last wrote each row
         self._shapes: tuple[LayerShape, ...] | None = None
@@ -48,13 +53,13 @@ class Catalogue:
             self._allocate(tuple((d, h, w) for d, h, w in layer_shapes), capacity)
 
     @classmethod
-    def load(cls, store: FeatureStore, version: FeatureVersion) -> Catalogue:
+    def load(cls, store: FeatureStore, version: FeatureVersion, factor_dim: int = 0) -> Catalogue:
         """Every item of `version` in the store, in the store's order, sized up front from its count."""
         items = store.iter_items(version)
         batch = list(islice(items, _LOAD_BATCH))
         if not batch:
-            return cls(version)
-        cat = cls(version, _shapes_of(batch[0]), capacity=store.versions().get(version, 0))
+            return cls(version, factor_dim=factor_dim)
+        cat = cls(version, _shapes_of(batch[0]), capacity=store.versions().get(version, 0), factor_dim=factor_dim)
         while batch:
             cat.add(batch)
             batch = list(islice(items, _LOAD_BATCH))
@@ -80,9 +85,22 @@ class Catalogue:
         return self._bias[: len(self._ids)]
 
     @property
+    def item_factors(self) -> Tensor:
+        """Writable (I, k) float32 view of the collaborative factors; add() may reallocate."""
+        return self._factors[: len(self._ids)]
+
+    @property
+    def factor_dim(self) -> int:
+        return self._factors.shape[1]
+
+    def set_factor_dim(self, k: int) -> None:
+        """Give every row k zero factors (dropping any others): the hybrid extension's item side."""
+        self._factors = torch.zeros(self.capacity, k)
+
+    @property
     def nbytes(self) -> int:
-        """Bytes allocated for maps and bias (capacity rows, not just the live ones)."""
-        return sum(t.numel() * t.element_size() for t in (*self._maps, self._bias))
+        """Bytes allocated for maps, bias and factors (capacity rows, not just the live ones)."""
+        return sum(t.numel() * t.element_size() for t in (*self._maps, self._bias, self._factors))
 
     @property
     def revision(self) -> int:
@@ -101,7 +119,8 @@ class Catalogue:
         return media_id in self._row
 
     def add(self, items: Iterable[ItemFeatures]) -> Tensor:
-        """Insert or replace items; returns the row of each (K,) long. A replaced item keeps its bias.
+        """Insert or replace items; returns the row of each (K,) long. A replaced item keeps its bias
+        and factors.
 
         All items are checked first: on a version or shape mismatch nothing is added.
         """
@@ -113,7 +132,7 @@ class Catalogue:
             self._allocate(_shapes_of(batch[0]), 0)
         latest = {item.media_id: item for item in batch}  # a repeated id: its last occurrence wins
         new_ids = [media_id for media_id in latest if media_id not in self._row]
-        self._grow(len(self._ids) + len(new_ids))  # new rows' bias is 0 from allocation
+        self._grow(len(self._ids) + len(new_ids))  # new rows' bias and factors are 0 from allocation
         placed = {media_id: len(self._ids) + k for k, media_id in enumerate(new_ids)}
         placed.update((media_id, self._row[media_id]) for media_id in latest if media_id in self._row)
         index = torch.tensor([placed[media_id] for media_id in latest], dtype=torch.long)
@@ -183,9 +202,11 @@ class Catalogue:
             maps.append(new)
         bias = torch.zeros(capacity)
         bias[:n] = self._bias[:n]
+        factors = torch.zeros(capacity, self._factors.shape[1])
+        factors[:n] = self._factors[:n]
         row_revision = torch.zeros(capacity, dtype=torch.long)
         row_revision[:n] = self._row_revision[:n]
-        self._maps, self._bias, self._row_revision = maps, bias, row_revision
+        self._maps, self._bias, self._factors, self._row_revision = maps, bias, factors, row_revision
 
 
 def _shapes_of(item: ItemFeatures) -> tuple[LayerShape, ...]:

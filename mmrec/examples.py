@@ -75,4 +75,5 @@ def event_examples(
         item_bias=catalogue.item_bias[index],
         labels=labels,
         weights=example_weights,
+        item_factors=catalogue.item_factors[index] if catalogue.factor_dim else None,
     )

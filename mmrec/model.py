@@ -12,11 +12,16 @@ Per user i and layer j (docs/design.md maps each line to its claim):
     w_ij  = softmax over all (s, t) of V_ij            claim 8
     o_ij  = sum_st w_ij[s, t] * P_ij[s, t]             claim 4
     o_i   = sum_j r_ij * o_ij                          claims 5 and 9
-    score = global_bias + user_bias + item_bias + o_i
+    score = global_bias + user_bias + item_bias + o_i (+ p_i . q_x)
 where (*) is a 'same'-padded 2-D convolution, K_ij and Q_ij are m x m (claims 6 and 7), c_ij (d,)
 is the user's channel factor of the interest kernel (readout "spanning") and g_j (d,) a shared
 channel reduction for attention. With readout "per_channel", K_ij is applied to every channel
 separately and the max pool also takes the max over channels (c_ij is then absent).
+
+The hybrid extension (docs/design.md, "Hybrid extension"; off by default) adds a collaborative term
+p_i . q_x: a per-user factor p_i (k,) in the user's parameter vector and a per-item factor q_x (k,)
+learned offline for items seen in training (0 for new items, which the visual terms rank).
+collab_dim = 0 is the faithful patent model.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Readout = Literal["spanning", "per_channel"]
+Objective = Literal["pointwise", "pairwise"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class ModelConfig:
     channels: int = 8  # d, channels per layer after the projection
     pool: int = 2  # p, max-pool window and stride (claim 4)
     readout: Readout = "spanning"
+    collab_dim: int = 0  # k, the hybrid extension's collaborative factors (0: the faithful model)
+    objective: Objective = "pointwise"  # the loss of training and of the online step
 
     def __post_init__(self) -> None:
         if self.n_layers < 1:
@@ -52,6 +60,10 @@ class ModelConfig:
             raise ValueError(f"pool must be >= 1, got {self.pool}")
         if self.readout not in ("spanning", "per_channel"):
             raise ValueError(f"readout must be 'spanning' or 'per_channel', got {self.readout!r}")
+        if self.collab_dim < 0:
+            raise ValueError(f"collab_dim must be >= 0, got {self.collab_dim}")
+        if self.objective not in ("pointwise", "pairwise"):
+            raise ValueError(f"objective must be 'pointwise' or 'pairwise', got {self.objective!r}")
 
     @property
     def channel_factor_size(self) -> int:
@@ -68,6 +80,7 @@ class UserParams:
     attention (U, N, m, m)  Q, embedding table 2 (claim 7)
     fusion    (U, N)        r, the target weight matrix (claims 5 and 9)
     bias      (U,)          user bias (calibrates the loss; does not change a user's ranking)
+    collab    (U, k)        p, the hybrid extension's collaborative factor (k = 0: absent)
     """
 
     flat: Tensor
@@ -76,6 +89,7 @@ class UserParams:
     attention: Tensor
     fusion: Tensor
     bias: Tensor
+    collab: Tensor
 
 
 class ParamLayout:
@@ -90,6 +104,7 @@ class ParamLayout:
             "attention": (n, m, m),
             "fusion": (n,),
             "bias": (),
+            "collab": (cfg.collab_dim,),
         }
         self.slices: dict[str, slice] = {}
         start = 0
@@ -108,20 +123,24 @@ class ParamLayout:
         return UserParams(flat=flat, **views)
 
     def join(self, **blocks: Tensor) -> Tensor:
-        """Named (U, ...) blocks -> flat (U, P); the inverse of split."""
-        u = next(iter(blocks.values())).shape[0]
-        missing = set(self.shapes) - set(blocks)
+        """Named (U, ...) blocks -> flat (U, P); the inverse of split. Empty blocks may be left out."""
+        first = next(iter(blocks.values()))
+        u = first.shape[0]
+        empty = {name for name, shape in self.shapes.items() if math.prod(shape) == 0}
+        missing = set(self.shapes) - set(blocks) - empty
         if missing:
             raise ValueError(f"missing parameter blocks: {sorted(missing)}")
-        return torch.cat([blocks[name].reshape(u, -1) for name in self.shapes], dim=1)
+        parts = [blocks[name].reshape(u, -1) if name in blocks else first.new_zeros(u, 0) for name in self.shapes]
+        return torch.cat(parts, dim=1)
 
 
 class UserTables(nn.Module):
     """Per-user offsets as embedding tables keyed by user index (claims 6 and 7).
 
     Table 1 (interest) holds K and the channel factor c, table 2 (attention) holds Q, with separate
-    weight matrices; two small tables hold the fusion weights r and the user bias. forward(users)
-    returns the flat (U, P) offsets that ParamLayout.split names.
+    weight matrices; small tables hold the fusion weights r, the user bias and (hybrid extension)
+    the collaborative factor p. forward(users) returns the flat (U, P) offsets that
+    ParamLayout.split names.
     """
 
     def __init__(self, cfg: ModelConfig, num_users: int) -> None:
@@ -132,7 +151,8 @@ class UserTables(nn.Module):
         self.attention = nn.Embedding(num_users, n * m * m)
         self.fusion = nn.Embedding(num_users, n)
         self.bias = nn.Embedding(num_users, 1)
-        for table in (self.interest, self.attention, self.fusion, self.bias):
+        self.collab = nn.Embedding(num_users, cfg.collab_dim)
+        for table in (self.interest, self.attention, self.fusion, self.bias, self.collab):
             nn.init.zeros_(table.weight)
 
     def forward(self, users: Tensor) -> Tensor:
@@ -145,6 +165,7 @@ class UserTables(nn.Module):
             attention=self.attention(users),
             fusion=self.fusion(users),
             bias=self.bias(users),
+            collab=self.collab(users),
         )
 
 
@@ -178,6 +199,7 @@ class SharedParams:
             attention=torch.zeros(1, n, m, m),
             fusion=torch.full((1, n), 1.0 / n),
             bias=torch.zeros(1),
+            collab=torch.zeros(1, cfg.collab_dim),
         )[0]
         return cls(
             prior=prior,
@@ -344,15 +366,28 @@ def score(
     item_bias: Tensor,
     shared: SharedParams,
     cfg: ModelConfig,
+    item_factors: Tensor | None = None,
 ) -> Tensor:
     """Ranking score for every (user, item) pair: (U, I).
 
     item_bias (I,) is the learned per-item residual (zero for items unseen in training); the
-    visual bias and the global and user biases are added here.
+    visual bias and the global and user biases are added here. item_factors (I, k): the items'
+    collaborative factors, needed when cfg.collab_dim > 0.
     """
     pref = preference(params, maps, shared, cfg)
     items = item_bias + visual_item_bias(maps, shared)
-    return shared.global_bias + params.bias[:, None] + items[None, :] + pref
+    out = shared.global_bias + params.bias[:, None] + items[None, :] + pref
+    if cfg.collab_dim:
+        out = out + params.collab @ _factors(item_factors, len(item_bias), cfg).T
+    return out
+
+
+def _factors(item_factors: Tensor | None, count: int, cfg: ModelConfig) -> Tensor:
+    """item_factors checked against (count, k) for the hybrid extension's term."""
+    if item_factors is None or tuple(item_factors.shape) != (count, cfg.collab_dim):
+        got = None if item_factors is None else tuple(item_factors.shape)
+        raise ValueError(f"collab_dim={cfg.collab_dim} needs item factors of shape ({count}, {cfg.collab_dim}), got {got}")
+    return item_factors
 
 
 def pair_layer_preference(
@@ -406,7 +441,14 @@ def pair_layer_preference(
     return _attend(second, pooled, dim=0)
 
 
-def pair_scores(params: UserParams, maps: list[Tensor], item_bias: Tensor, shared: SharedParams, cfg: ModelConfig) -> Tensor:
+def pair_scores(
+    params: UserParams,
+    maps: list[Tensor],
+    item_bias: Tensor,
+    shared: SharedParams,
+    cfg: ModelConfig,
+    item_factors: Tensor | None = None,
+) -> Tensor:
     """score() for B aligned pairs (user row k with item row k) without the U x I product: (B,).
 
     params may also hold one row, shared by every pair (one user against B items).
@@ -417,4 +459,7 @@ def pair_scores(params: UserParams, maps: list[Tensor], item_bias: Tensor, share
             layer_maps, params.interest[:, j], params.channel[:, j], params.attention[:, j], shared.attention_channels[j], cfg
         )
         fused = fused + params.fusion[:, j] * o
-    return shared.global_bias + params.bias + item_bias + visual_item_bias(maps, shared) + fused
+    out = shared.global_bias + params.bias + item_bias + visual_item_bias(maps, shared) + fused
+    if cfg.collab_dim:
+        out = out + (params.collab * _factors(item_factors, len(item_bias), cfg)).sum(dim=1)
+    return out

@@ -20,7 +20,14 @@ width m, n = H W.
     V = Q . Z;  w = softmax(V)                   dV = g r_j w (P - o);  dQ = sum_b Z dV
     o = sum w P              (B,)                dr_j = sum_b g o
     score = biases + sum_j r_j o_j               dbias = sum_b g
+          (+ p . q_b, hybrid extension)          dp = sum_b g q_b
 (per_channel unfolds every channel, A = max over channels of K . X_c, and dA goes to the winners.)
+
+Objectives (cfg.objective): "pointwise" is the weighted BCE above, "pairwise" (the hybrid
+extension's BPR loss) ranks the event's item (row 0, label y, weight w) above each of the K sampled
+items: L = y w / K * sum_k softplus(score_k - score_0), so dL/dscore_k = y w / K * sigmoid(score_k -
+score_0) and dL/dscore_0 = -sum_k of those. An event without signal there (y = 0: a skip, a
+dislike, an impression; or no sampled items) leaves the offsets as they are.
 
 It equals autograd's gradient of `loss` (tests/test_online_grad.py, float64 to 1e-10, several
 configurations), including its tie rules: max pooling sends the gradient to the first maximum of a
@@ -52,16 +59,39 @@ class OnlineConfig:
 class Examples:
     """The items one event teaches about, with their targets.
 
-    maps      N x (I, d, H_j, W_j) float32
-    item_bias (I,)  learned per-item residual bias
-    labels    (I,)  in [0, 1]
-    weights   (I,)  > 0
+    maps         N x (I, d, H_j, W_j) float32
+    item_bias    (I,)  learned per-item residual bias
+    labels       (I,)  in [0, 1]; row 0 is the event's item, the rows after it sampled items
+    weights      (I,)  > 0
+    item_factors (I, k) collaborative factors (hybrid extension; None when k = 0)
     """
 
     maps: list[Tensor]
     item_bias: Tensor
     labels: Tensor
     weights: Tensor
+    item_factors: Tensor | None = None
+
+    def pairwise_signal(self) -> bool:
+        """Whether the pairwise objective learns anything from these examples."""
+        return len(self.labels) > 1 and float(self.labels[0] * self.weights[0]) > 0
+
+
+def objective_loss(logits: Tensor, labels: Tensor, weights: Tensor, objective: str) -> tuple[Tensor, Tensor]:
+    """The data term of the loss over the examples' scores (B,) and its gradient dL/dscore (B,)
+    (module docstring: pointwise BCE or the pairwise loss of row 0 against the others)."""
+    if objective == "pointwise":
+        total = weights.sum()
+        loss = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weights).sum() / total
+        return loss, (torch.sigmoid(logits) - labels) * weights / total
+    others = len(logits) - 1
+    if others < 1:
+        return logits.new_zeros(()), torch.zeros_like(logits)
+    scale = labels[0] * weights[0] / others
+    margins = logits[1:] - logits[0]
+    loss = scale * F.softplus(margins).sum()
+    pulls = scale * torch.sigmoid(margins)
+    return loss, torch.cat([-pulls.sum()[None], pulls])
 
 
 @dataclass(frozen=True)
@@ -84,9 +114,14 @@ class OnlineLearner:
         """Scalar loss of offsets (P,) on the examples (see module docstring); differentiable
         (autograd), the definition `loss_and_grad` is tested against."""
         params = self.layout.split((self.shared.prior + offsets)[None])
-        logits = score(params, examples.maps, examples.item_bias, self.shared, self.cfg)[0]
-        data = (F.binary_cross_entropy_with_logits(logits, examples.labels, reduction="none") * examples.weights).sum()
-        return data / examples.weights.sum() + 0.5 * self.online.l2 * offsets.square().sum()
+        logits = score(params, examples.maps, examples.item_bias, self.shared, self.cfg, examples.item_factors)[0]
+        if self.cfg.objective == "pointwise":
+            data = (F.binary_cross_entropy_with_logits(logits, examples.labels, reduction="none") * examples.weights).sum()
+            data = data / examples.weights.sum()
+        else:
+            others = len(logits) - 1
+            data = examples.labels[0] * examples.weights[0] / max(others, 1) * F.softplus(logits[1:] - logits[0]).sum()
+        return data + 0.5 * self.online.l2 * offsets.square().sum()
 
     @torch.no_grad()
     def loss_and_grad(self, offsets: Tensor, examples: Examples) -> tuple[Tensor, Tensor]:
@@ -101,9 +136,14 @@ class OnlineLearner:
         channel = theta[layout.slices["channel"]].view(n_layers, cfg.channel_factor_size)
         attention = theta[layout.slices["attention"]].view(n_layers, m * m)
         fusion = theta[layout.slices["fusion"]]
+        collab = theta[layout.slices["collab"]]
         spanning = cfg.readout == "spanning"
 
         logits = shared.global_bias + theta[layout.slices["bias"]] + examples.item_bias
+        if cfg.collab_dim:
+            if examples.item_factors is None:
+                raise ValueError(f"collab_dim={cfg.collab_dim} needs the examples' item factors")
+            logits = logits + examples.item_factors @ collab
         saved = []
         for j, maps in enumerate(examples.maps):
             b, d, h, w = maps.shape
@@ -130,12 +170,8 @@ class OnlineLearner:
             logits = logits + fusion[j] * o + maps.mean(dim=(2, 3)) @ shared.visual_bias[j]
             saved.append((maps, patches, winners, where.view(b, -1), coarse, weights, pooled, o))
 
-        labels, example_weights = examples.labels, examples.weights
-        total = example_weights.sum()
-        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        loss = (bce * example_weights).sum() / total + 0.5 * self.online.l2 * offsets.square().sum()
-
-        g = (torch.sigmoid(logits) - labels) * example_weights / total  # dL/dscore (B,)
+        data, g = objective_loss(logits, examples.labels, examples.weights, cfg.objective)  # g = dL/dscore (B,)
+        loss = data + 0.5 * self.online.l2 * offsets.square().sum()
         grad_interest = torch.empty(n_layers, m * m, dtype=theta.dtype)
         grad_channel = torch.empty(n_layers, cfg.channel_factor_size, dtype=theta.dtype)
         grad_attention = torch.empty(n_layers, m * m, dtype=theta.dtype)
@@ -164,6 +200,7 @@ class OnlineLearner:
             attention=grad_attention[None],
             fusion=grad_fusion[None],
             bias=g.sum()[None],
+            collab=(g @ examples.item_factors)[None] if cfg.collab_dim else theta.new_zeros(1, 0),
         )[0]
         return loss, grad + self.online.l2 * offsets
 
@@ -184,9 +221,12 @@ class OnlineLearner:
         if state.has_applied(event_id, partition, position):
             return StepResult(state=state, loss=float("nan"), applied=False)
         offsets = state.offsets.detach()
-        loss, grad = self.loss_and_grad(offsets, examples)
-        accum = state.accum + grad.square()
-        new_offsets = offsets - self.online.learning_rate * grad / (accum.sqrt() + self.online.epsilon)
+        if self.cfg.objective == "pairwise" and not examples.pairwise_signal():
+            loss, new_offsets, accum = torch.zeros(()), offsets, state.accum  # recorded, nothing to learn
+        else:
+            loss, grad = self.loss_and_grad(offsets, examples)
+            accum = state.accum + grad.square()
+            new_offsets = offsets - self.online.learning_rate * grad / (accum.sqrt() + self.online.epsilon)
         new_state = replace(
             state,
             offsets=new_offsets,

@@ -1,5 +1,9 @@
 """Our model as an evaluation Ranker: `mmrec train`'s fit offline, the worker's online step in the
-prequential replay (the same InteractionLearner code path as the streaming worker)."""
+prequential replay (the same InteractionLearner code path as the streaming worker).
+
+Two registered specs: `mmrec`, the faithful patent model, and `mmrec-hybrid`, the hybrid extension
+(collaborative factors, the pairwise objective and more channels per layer; docs/design.md).
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -27,7 +31,7 @@ class PatentRanker:
         self.cfg = cfg
         self.train_config = train
         self.negatives = negatives
-        self.catalogue = data.catalogue()
+        self.catalogue = data.catalogue(cfg.channels)
         self.model = PatentModel(cfg, data.log.num_users, data.log.num_items)
         self.states: dict[int, UserState] = {}
         self.learner: InteractionLearner | None = None
@@ -37,6 +41,8 @@ class PatentRanker:
         self.model = PatentModel(self.cfg, self.data.log.num_users, self.data.log.num_items)
         fit(self.model, train, self.catalogue, self.train_config)
         self.catalogue.item_bias[:] = self.model.item_bias.detach()
+        self.catalogue.set_factor_dim(self.cfg.collab_dim)
+        self.catalogue.item_factors[:] = self.model.item_factors.detach()
         online = self.data.settings.online_config()
         self.learner = InteractionLearner(OnlineLearner(self.cfg, self.model.shared(), online), self.catalogue, FeedbackWeights(), self.negatives)
         self.states = {}
@@ -71,17 +77,22 @@ class PatentRanker:
     def _scores_from(self, offsets: Tensor, items: Tensor) -> Tensor:
         """(I,) scores of one user's online state."""
         params = self.model.layout.split(self.model.prior.detach() + offsets[None])
-        return score(params, self.catalogue.float_maps(items), self.model.item_bias.detach()[items], self.model.shared(), self.cfg)[0]
+        model = self.model
+        return score(params, self.catalogue.float_maps(items), model.item_bias.detach()[items], model.shared(), self.cfg, model.item_factors.detach()[items])[0]
 
 
 def build(data: EvaluationData, params: Mapping[str, Any]) -> PatentRanker:
+    """A ranker for one grid point: TrainConfig fields, and model fields that override the settings
+    (readout, channels, collab_dim, objective)."""
     settings = data.settings
     cfg = ModelConfig(
         n_layers=settings.n_layers,
         kernel_size=settings.kernel_size,
-        channels=settings.channels,
+        channels=params.get("channels", settings.channels),
         pool=settings.pool,
         readout=params.get("readout", settings.readout),
+        collab_dim=params.get("collab_dim", settings.collab_dim),
+        objective=params.get("objective", settings.objective),
     )
     train = TrainConfig(**{k: v for k, v in params.items() if k in TrainConfig.__dataclass_fields__}, seed=data.seed)
     return PatentRanker(data, cfg, train, negatives=settings.negatives)
@@ -93,4 +104,12 @@ SPEC = RankerSpec(
     grid=grid(user_l2=(1e-4, 1e-3), learning_rate=(0.01,)),
     requires=frozenset({"media"}),
     description="the patent model (claims 1-9): per-user interest and attention kernels over CNN feature maps",
+)
+
+HYBRID_SPEC = RankerSpec(
+    name="mmrec-hybrid",
+    build=build,
+    grid=grid(channels=(32,), collab_dim=(32,), objective=("pairwise",), user_l2=(1e-3, 1e-2), learning_rate=(0.01,)),
+    requires=frozenset({"media"}),
+    description="the hybrid extension: the patent model + collaborative factors, pairwise objective, 32 channels per layer",
 )

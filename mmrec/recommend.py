@@ -50,14 +50,14 @@ class Recommender:
         parts = []
         for start in range(0, len(catalogue), chunk):
             rows = slice(start, min(start + chunk, len(catalogue)))
-            parts.append(score(params, catalogue.float_maps(rows), catalogue.item_bias[rows], self.shared, self.cfg))
+            parts.append(score(params, catalogue.float_maps(rows), catalogue.item_bias[rows], self.shared, self.cfg, catalogue.item_factors[rows]))
         return torch.cat(parts, dim=1) if parts else torch.zeros(offsets.shape[0], 0)
 
     @torch.inference_mode()
     def scores_for_rows(self, offsets: Tensor, catalogue: Catalogue, rows: Tensor) -> Tensor:
         """offsets (U, P), rows (R,) long -> scores (U, R) of those catalogue rows only."""
         params = self.layout.split(self.shared.prior + offsets)
-        return score(params, catalogue.float_maps(rows), catalogue.item_bias[rows], self.shared, self.cfg)
+        return score(params, catalogue.float_maps(rows), catalogue.item_bias[rows], self.shared, self.cfg, catalogue.item_factors[rows])
 
     @torch.inference_mode()
     def top_k(self, offsets: Tensor, catalogue: Catalogue, k: int, seen: Sequence[Sequence[int]] = ()) -> list[list[Ranked]]:

@@ -15,7 +15,8 @@ a sum is at most the sum of the maxes). So, linear in per-item vectors psi(x):
     phi(u) = [v_j, r_j w_j^+, r_j w_j^-]_j
 Under the per_channel readout (a max over channels) the item terms are the window max / min of
 max_c G_jc / min_c G_jc, one number each per layer, weighted by r_j (sum K_j)^+ and r_j (sum K_j)^-.
-Biases that do not depend on the item (global, user) do not change a ranking and are left out.
+Biases that do not depend on the item (global, user) do not change a ranking and are left out. The
+hybrid extension's collaborative term p . q_x is linear already and is added exactly.
 docs/design.md ("Retrieval") has the measured recall against exact top-K.
 
 Large catalogues also get an inverted-file index over psi (k-means lists): a user's shortlist then
@@ -70,6 +71,9 @@ class ItemSource(Protocol):
 
     @property
     def item_bias(self) -> Tensor: ...
+
+    @property
+    def item_factors(self) -> Tensor: ...
 
     def rows_changed_since(self, revision: int) -> Tensor: ...
 
@@ -236,8 +240,11 @@ class Retriever:
         self.sync(catalogue)
         n = self._rows  # rows whose vectors are known (the catalogue may have grown since on its writer thread)
         size = min(size, n)
-        phi = user_vectors(self.layout.split(self.shared.prior + offsets), self.shared, self.cfg)  # (U, D)
+        params = self.layout.split(self.shared.prior + offsets)
+        phi = user_vectors(params, self.shared, self.cfg)  # (U, D)
         bias = catalogue.item_bias
+        if self.cfg.collab_dim:  # the exact collaborative term is added; the lists index psi only, so scan all
+            return _top_rows(phi, self._vectors[:n], bias, torch.arange(n), size, (params.collab, catalogue.item_factors[:n]))
         if self._partitions is None:
             return _top_rows(phi, self._vectors[:n], bias, torch.arange(n), size)
         fresh = torch.nonzero(self._stale[:n]).flatten()  # scanned in full
@@ -266,18 +273,27 @@ class Retriever:
             who = owner[start:stop]
             one_user = bool((who == who[0]).all())
             params = self.layout.split(params_all[who[:1]] if one_user else params_all[who])
-            scores = pair_scores(params, catalogue.float_maps(part), catalogue.item_bias[part], self.shared, self.cfg)
+            scores = pair_scores(
+                params, catalogue.float_maps(part), catalogue.item_bias[part], self.shared, self.cfg, catalogue.item_factors[part]
+            )
             out.view(-1)[start:stop] = scores
         return out
 
 
-def _top_rows(phi: Tensor, vectors: Tensor, bias: Tensor, rows: Tensor, size: int) -> Tensor:
-    """The `size` rows (of `rows`, whose vectors are `vectors`) with the best surrogate per user: (U, S)."""
+def _top_rows(
+    phi: Tensor, vectors: Tensor, bias: Tensor, rows: Tensor, size: int, collab: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """The `size` rows (of `rows`, whose vectors are `vectors`) with the best surrogate per user: (U, S).
+
+    collab: the users' factors (U, k) and the rows' item factors (R, k), whose products are added.
+    """
     best_values: Tensor | None = None
     best_rows: Tensor | None = None
     for start in range(0, rows.numel(), _SCAN_CHUNK):
         chunk_rows = rows[start : start + _SCAN_CHUNK]
         values = torch.addmm(bias[chunk_rows][None, :], phi, vectors[start : start + _SCAN_CHUNK].T)
+        if collab is not None:
+            values.addmm_(collab[0], collab[1][start : start + _SCAN_CHUNK].T)
         if best_values is not None:
             values = torch.cat([best_values, values], dim=1)
             chunk_rows = torch.cat([best_rows, chunk_rows.expand(phi.shape[0], -1)], dim=1)

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from mmrec.model import ModelConfig, Readout
+from mmrec.model import ModelConfig, Objective, Readout
 from mmrec.online import OnlineConfig
 from mmrec.retrieval import RetrievalConfig
 
@@ -33,6 +33,8 @@ class ModelSettings(BaseModel):
     channels: int = Field(8, ge=1, le=64, description="d, channels per layer after the channel projection (at most the narrowest tapped layer has: 32 for N = 2-3, 24 for N = 4-5).")
     pool: int = Field(2, ge=1, le=4, description="p, max-pool window and stride (claim 4).")
     readout: Readout = Field("spanning", description="'spanning' (kernel = user channel factor x K) or 'per_channel' (K per channel, max over channels).")
+    collab_dim: int = Field(0, ge=0, le=256, description="k, collaborative factors per user and item (the hybrid extension, docs/design.md); 0 = the faithful patent model.")
+    objective: Objective = Field("pointwise", description="Loss of training and of the online step: 'pointwise' (weighted BCE over every event, the faithful model) or 'pairwise' (BPR: engaged items above sampled ones; the hybrid extension).")
 
     @model_validator(mode="after")
     def _kernel_is_odd(self) -> ModelSettings:
@@ -199,4 +201,6 @@ class Settings(
             channels=self.channels,
             pool=self.pool,
             readout=self.readout,
+            collab_dim=self.collab_dim,
+            objective=self.objective,
         )

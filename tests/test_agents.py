@@ -135,7 +135,7 @@ def test_worker_starts_users_and_items_from_a_trained_artifact(tmp_path: Path):
     offsets = torch.randn(1, ParamLayout(cfg).size)
     trained = ModelArtifact(
         cfg=cfg, feature_version=version, shared=SharedParams.initial(cfg), item_ids=("m2",), item_bias=torch.tensor([1.5]),
-        user_ids=("veteran",), user_offsets=offsets,
+        item_factors=torch.zeros(1, cfg.collab_dim), user_ids=("veteran",), user_offsets=offsets,
     )
     digest = save_artifact(trained, tmp_path / "model.safetensors")
     worker = make_worker(tmp_path / "w", model_path=tmp_path / "model.safetensors", model_sha256=digest[:16])
@@ -149,6 +149,29 @@ def test_worker_starts_users_and_items_from_a_trained_artifact(tmp_path: Path):
     save_artifact(other, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="trained on features"):
         make_worker(tmp_path / "x", model_path=tmp_path / "other.safetensors")
+
+
+def test_a_hybrid_worker_loads_item_factors_and_learns_the_user_factor(tmp_path: Path):
+    """MMREC_COLLAB_DIM / MMREC_OBJECTIVE switch the worker to the hybrid extension: trained items get
+    their factors in the catalogue (others 0), and a click moves the user's collaborative factor."""
+    hybrid = {"collab_dim": 4, "objective": "pairwise"}
+    probe = make_worker(tmp_path / "probe", **hybrid)
+    cfg, version = probe.runtime.cfg, probe.runtime.feature_version
+    probe.runtime.close()
+    factors = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    trained = ModelArtifact(
+        cfg=cfg, feature_version=version, shared=SharedParams.initial(cfg), item_ids=("m2", "m4"), item_bias=torch.zeros(2),
+        item_factors=factors, user_ids=(), user_offsets=torch.zeros(0, ParamLayout(cfg).size),
+    )
+    save_artifact(trained, tmp_path / "model.safetensors")
+    worker = make_worker(tmp_path / "w", model_path=tmp_path / "model.safetensors", **hybrid)
+    runtime = worker.runtime
+    assert torch.equal(runtime.catalogue.item_factors[runtime.catalogue.rows(["m2", "m4"])], factors)
+    assert runtime.catalogue.item_factors[runtime.catalogue.rows(["m0", "m1", "m3", "m5"])].abs().sum() == 0
+    click = Interaction.model_validate_json(event("e1", media="m2"))
+    result = runtime.interactions.apply(runtime.initial_state("u1"), click)
+    assert result.applied and result.state.offsets[ParamLayout(cfg).slices["collab"]].abs().sum() > 0
+    worker.runtime.close()
 
 
 def test_catalogue_sync_rejects_features_in_other_shapes_than_the_settings_give(worker: Worker):

@@ -23,6 +23,7 @@ def artifact() -> ModelArtifact:
         shared=shared,
         item_ids=("a", "b", "c"),
         item_bias=torch.tensor([0.5, -0.25, 0.0]),
+        item_factors=torch.zeros(3, 0),
         user_ids=("u1", "u2"),
         user_offsets=torch.randn(2, ParamLayout(CFG).size, generator=gen),
         notes={"events": "123"},

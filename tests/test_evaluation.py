@@ -176,17 +176,20 @@ def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path
     args = ["evaluate", str(tiny), "--prequential", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for name in ("mmrec", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"):
+    names = {"mmrec", "mmrec-hybrid", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}
+    for name in names:
         assert f"\n{name} " in out
     report = json.loads((tmp_path / "r.json").read_text())
-    assert set(report["rankers"]) == {"mmrec", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}
+    assert set(report["rankers"]) == names
     assert report["rankers"]["mmrec"]["prequential"]["online"]  # our online step ran in the replay
+    assert report["rankers"]["mmrec-hybrid"]["prequential"]["online"]
     vbpr = report["rankers"]["vbpr"]
     assert vbpr["params"]["features"] in ("maps", "penultimate") and len(vbpr["tuning"]) == 24
     assert len(vbpr["test"]["overall"]["curves"]["ndcg"]) == 50 and vbpr["prequential"]["online"]
     assert report["counts"]["cold_items"] > 0 and (tmp_path / "r.png").stat().st_size > 10_000
     cache = list((tmp_path / "var" / "evaluation").glob("*/maps.sqlite3"))
-    assert len(cache) == 1
+    assert len(cache) == 1  # and the hybrid's 32-channel maps beside it:
+    assert len(list((tmp_path / "var" / "evaluation").glob("*/maps-d32.sqlite3"))) == 1
     # Own data: the same log and media as a plain file and folder; the references need what it lacks.
     own = ["evaluate", "--interactions", str(tiny / "interactions.csv"), "--media", str(tiny / "media"),
            "--rankers", "most-popular,vbpr"]

@@ -47,8 +47,10 @@ def pair_layer(fmap: Tensor, k: Tensor, c: Tensor, q: Tensor, g: Tensor, cfg: Mo
     return (weights * pooled).sum(), pooled, weights
 
 
-def reference_score(params: UserParams, maps: list[Tensor], item_bias: Tensor, shared: SharedParams, cfg: ModelConfig) -> Tensor:
-    """(U, I) scores computed pair by pair."""
+def reference_score(
+    params: UserParams, maps: list[Tensor], item_bias: Tensor, shared: SharedParams, cfg: ModelConfig, item_factors: Tensor | None = None
+) -> Tensor:
+    """(U, I) scores computed pair by pair; item_factors (I, k) for the hybrid extension's term."""
     users, items = params.flat.shape[0], maps[0].shape[0]
     out = torch.zeros(users, items, dtype=maps[0].dtype)
     for u in range(users):
@@ -65,5 +67,6 @@ def reference_score(params: UserParams, maps: list[Tensor], item_bias: Tensor, s
                 )
                 fused = fused + params.fusion[u, j] * o
             visual = sum((maps[j][i].mean(dim=(1, 2)) * shared.visual_bias[j]).sum() for j in range(cfg.n_layers))
-            out[u, i] = shared.global_bias + params.bias[u] + item_bias[i] + visual + fused
+            collab = sum(params.collab[u, c] * item_factors[i, c] for c in range(cfg.collab_dim)) if cfg.collab_dim else 0.0
+            out[u, i] = shared.global_bias + params.bias[u] + item_bias[i] + visual + fused + collab
     return out

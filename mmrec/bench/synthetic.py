@@ -99,6 +99,11 @@ class ArrayCatalogue:
         return self._bias
 
     @property
+    def item_factors(self) -> Tensor:
+        """(I, 0): synthetic catalogues serve the faithful model."""
+        return self._bias.new_zeros(self._n, 0)
+
+    @property
     def ids(self) -> Sequence[str]:
         if self._ids is None:
             self._ids = [f"s{i:07d}" for i in range(self._n)]

@@ -69,10 +69,14 @@ def run(args: argparse.Namespace) -> int:
     except MediaFailures as exc:
         print(f"mmrec score: {exc}", file=sys.stderr)
         return 1
-    catalogue = Catalogue(extractor.version, capacity=len(features))
+    catalogue = Catalogue(extractor.version, capacity=len(features), factor_dim=artifact.cfg.collab_dim)
     catalogue.add(features)
-    trained_bias = dict(zip(artifact.item_ids, artifact.item_bias.tolist()))
-    catalogue.item_bias[:] = torch.tensor([trained_bias.get(m, 0.0) for m in catalogue.ids])
+    trained = {m: r for r, m in enumerate(artifact.item_ids)}
+    known = [(row, trained[m]) for row, m in enumerate(catalogue.ids) if m in trained]  # other items keep 0
+    if known:
+        rows, trained_rows = (torch.tensor(part) for part in zip(*known))
+        catalogue.item_bias[rows] = artifact.item_bias[trained_rows]
+        catalogue.item_factors[rows] = artifact.item_factors[trained_rows]
     layout, rows = ParamLayout(artifact.cfg), {u: r for r, u in enumerate(artifact.user_ids)}
     written = 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         for start in range(0, len(users), _USERS_PER_CHUNK):
             chunk = users[start : start + _USERS_PER_CHUNK]
             offsets = torch.stack([artifact.user_offsets[rows[u]] if u in rows else torch.zeros(layout.size) for u in chunk])
-            scores = score(layout.split(artifact.shared.prior + offsets), maps, catalogue.item_bias, artifact.shared, artifact.cfg)
+            params = layout.split(artifact.shared.prior + offsets)
+            scores = score(params, maps, catalogue.item_bias, artifact.shared, artifact.cfg, catalogue.item_factors)
             for user, row in zip(chunk, scores):
                 order = row.argsort(descending=True)[: args.top_k] if args.top_k else range(len(row))
                 for i in order:

@@ -3,7 +3,9 @@
     mmrec train DIR --out model.safetensors                 interactions.csv|.parquet and media/
     mmrec train --interactions FILE [--media DIR] --out M   your own log (default: its uri column)
 
-Features are extracted once and cached under <data_dir>/evaluation. Writes a versioned model artifact
+The model's shape and objective come from the settings (MMREC_CHANNELS, MMREC_COLLAB_DIM,
+MMREC_OBJECTIVE, ...), which the worker that loads the artifact must share. Features are extracted
+once and cached under <data_dir>/evaluation. Writes a versioned model artifact
 (mmrec/artifact.py) that `mmrec worker` loads with MMREC_MODEL_PATH, and `mmrec score` reads.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--user-l2", type=float, default=defaults.user_l2, help="pull of each user's offsets toward the prior")
+    parser.add_argument("--factor-l2", type=float, default=defaults.factor_l2, help="L2 on the items' collaborative factors (MMREC_COLLAB_DIM > 0)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--cache", type=Path, help="feature cache root (default <data_dir>/evaluation)")
 
@@ -55,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     except (InteractionLogError, FileNotFoundError, ValueError, MediaFailures) as exc:
         print(f"mmrec train: {exc}", file=sys.stderr)
         return 2
-    config = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, user_l2=args.user_l2, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs, learning_rate=args.learning_rate, user_l2=args.user_l2, factor_l2=args.factor_l2, seed=args.seed
+    )
     cfg = settings.scorer_config()
     log = data.log
     print(f"training on {len(log)} events of {log.num_users} users over {log.num_items} items ({cfg})")
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         shared=model.shared(),
         item_ids=log.item_ids,
         item_bias=model.item_bias.detach(),
+        item_factors=model.item_factors.detach(),
         user_ids=log.user_ids,
         user_offsets=offsets,
         notes={

@@ -41,8 +41,8 @@ class EvaluationData:
     media: MediaIndex | None = None
     attributes: Tensor | None = None
     truth: Simulation | None = None
-    _extractor: FeatureExtractor | None = field(default=None, repr=False)
-    _catalogue: Catalogue | None = field(default=None, repr=False)
+    _extractors: dict[int, FeatureExtractor] = field(default_factory=dict, repr=False)
+    _catalogues: dict[int, Catalogue] = field(default_factory=dict, repr=False)
     _pooled: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -78,22 +78,29 @@ class EvaluationData:
         have = {"media": self.media is not None, "attributes": self.attributes is not None, "truth": self.truth is not None}
         return frozenset(name for name, ok in have.items() if ok)
 
-    def extractor(self) -> FeatureExtractor:
-        if self._extractor is None:
-            self._extractor = FeatureExtractor(self.settings)
-        return self._extractor
+    def extractor(self, channels: int | None = None) -> FeatureExtractor:
+        """The settings' extractor, or one projecting to `channels` instead of settings.channels."""
+        d = channels or self.settings.channels
+        if d not in self._extractors:
+            settings = self.settings if d == self.settings.channels else self.settings.model_copy(update={"channels": d})
+            self._extractors[d] = FeatureExtractor(settings)
+        return self._extractors[d]
 
-    def catalogue(self) -> Catalogue:
-        """Every item's projected maps (the features our model scores); row r = item index r."""
-        if self._catalogue is None:
-            extractor = self.extractor()
-            items = self._features("maps", extractor.version, extractor.extract_many)
+    def catalogue(self, channels: int | None = None) -> Catalogue:
+        """Every item's projected maps (the features our model scores), at settings.channels or
+        `channels` per layer; row r = item index r."""
+        d = channels or self.settings.channels
+        if d not in self._catalogues:
+            extractor = self.extractor(d)
+            # A store keeps one version per media: other channel counts get their own file.
+            kind = "maps" if d == self.settings.channels else f"maps-d{d}"
+            items = self._features(kind, extractor.version, extractor.extract_many)
             catalogue = Catalogue(extractor.version, [tuple(m.shape) for m in items[0].maps], capacity=len(items))
             rows = catalogue.add(items)
             if not torch.equal(rows, torch.arange(len(items))):
                 raise RuntimeError("catalogue rows do not follow the log's item order")
-            self._catalogue = catalogue
-        return self._catalogue
+            self._catalogues[d] = catalogue
+        return self._catalogues[d]
 
     def pooled_features(self, kind: PooledKind) -> Tensor:
         """(I, F) float32 spatially pooled CNN features of every item.
