@@ -109,7 +109,9 @@ SPEC = RankerSpec(
 HYBRID_SPEC = RankerSpec(
     name="mmrec-hybrid",
     build=build,
-    grid=grid(channels=(32,), collab_dim=(32,), objective=("pairwise",), user_l2=(1e-3, 1e-2), learning_rate=(0.01,)),
+    grid=grid(
+        channels=(8, 16), collab_dim=(64,), objective=("pairwise",), negatives=(32,), user_l2=(1e-2,), collab_l2=(1e-2,), learning_rate=(0.01,)
+    ),
     requires=frozenset({"media"}),
-    description="the hybrid extension: the patent model + collaborative factors, pairwise objective, 32 channels per layer",
+    description="the hybrid extension: the patent model + collaborative factors, pairwise objective (docs/design.md)",
 )

@@ -34,9 +34,10 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 512
     learning_rate: float = 0.01
-    user_l2: float = 1e-3  # on a user's offsets, per example
+    user_l2: float = 1e-3  # on a user's offsets (the patent model's parameters), per example
+    collab_l2: float = 1e-2  # on a user's collaborative factor (hybrid extension), per example
     item_l2: float = 1e-4  # on an item's bias residual, per example
-    factor_l2: float = 1e-3  # on an item's collaborative factors (hybrid extension), per example
+    factor_l2: float = 1e-4  # on an item's collaborative factors (hybrid extension), per example
     negatives: int = 4  # sampled items per positive event
     seed: int = 0
 
@@ -157,8 +158,12 @@ def fit(model: PatentModel, log: InteractionLog, catalogue: Catalogue, config: T
                 logits = model.pair_logits(u, i, catalogue)
                 data = (F.binary_cross_entropy_with_logits(logits, labels[index], reduction="none") * w).sum() / w.sum()
                 touched = i
-            penalty = config.user_l2 * model.users(u).square().sum(dim=1).mean() + config.item_l2 * model.item_bias[touched].square().mean()
+            squares = model.users(u).square()
+            collab = model.layout.slices["collab"]
+            penalty = config.user_l2 * (squares.sum(dim=1) - squares[:, collab].sum(dim=1)).mean()
+            penalty = penalty + config.item_l2 * model.item_bias[touched].square().mean()
             if model.cfg.collab_dim:
+                penalty = penalty + config.collab_l2 * squares[:, collab].sum(dim=1).mean()
                 penalty = penalty + config.factor_l2 * model.item_factors[touched].square().sum(dim=1).mean()
             loss = data + penalty
             optimiser.zero_grad()

@@ -15,7 +15,7 @@ from mmrec.cli import main
 from mmrec.datasets.visual_taste import TINY, generate
 from mmrec.feedback import EventKind
 from mmrec.interaction_log import EVENT_KINDS, InteractionLog
-from mmrec.model import ModelConfig
+from mmrec.model import ModelConfig, ParamLayout
 from mmrec.training import PatentModel, TrainConfig, fit
 from tests.synthetic_items import VERSION, make_item
 
@@ -90,3 +90,22 @@ def test_train_then_score_end_to_end(tiny: Path, tmp_path: Path, monkeypatch: py
     first = [float(r["score"]) for r in csv.DictReader(top.open()) if r["user_id"] == artifact.user_ids[0]]
     assert len(first) == 3 and first == sorted(first, reverse=True)
     assert main(["score", "--model", str(tmp_path / "missing.safetensors"), "--media", str(tiny / "media"), "--out", str(top)]) == 2
+
+
+def test_train_then_score_the_hybrid_extension(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The hybrid's settings reach the artifact with trained item and user factors, and `mmrec score`
+    serves it."""
+    monkeypatch.setenv("MMREC_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MMREC_INPUT_SIZE", "64")
+    monkeypatch.setenv("MMREC_COLLAB_DIM", "4")
+    monkeypatch.setenv("MMREC_OBJECTIVE", "pairwise")
+    model = tmp_path / "model.safetensors"
+    assert main(["train", str(tiny), "--out", str(model), "--epochs", "2", "--negatives", "8"]) == 0
+    artifact = load_artifact(model)
+    assert artifact.cfg.collab_dim == 4 and artifact.cfg.objective == "pairwise"
+    assert artifact.item_factors.shape == (len(artifact.item_ids), 4) and artifact.item_factors.abs().sum() > 0
+    assert artifact.user_offsets[:, ParamLayout(artifact.cfg).slices["collab"]].abs().sum() > 0
+    (tmp_path / "users.txt").write_text(f"{artifact.user_ids[0]}\n")
+    out = tmp_path / "scores.csv"
+    assert main(["score", "--model", str(model), "--media", str(tiny / "media"), "--users", str(tmp_path / "users.txt"), "--out", str(out)]) == 0
+    assert len(list(csv.DictReader(out.open()))) == len(list((tiny / "media").iterdir()))

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--user-l2", type=float, default=defaults.user_l2, help="pull of each user's offsets toward the prior")
+    parser.add_argument("--negatives", type=int, default=defaults.negatives, help="items sampled against each engagement")
+    parser.add_argument("--collab-l2", type=float, default=defaults.collab_l2, help="L2 on the users' collaborative factors (MMREC_COLLAB_DIM > 0)")
     parser.add_argument("--factor-l2", type=float, default=defaults.factor_l2, help="L2 on the items' collaborative factors (MMREC_COLLAB_DIM > 0)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--cache", type=Path, help="feature cache root (default <data_dir>/evaluation)")
@@ -59,7 +61,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"mmrec train: {exc}", file=sys.stderr)
         return 2
     config = TrainConfig(
-        epochs=args.epochs, learning_rate=args.learning_rate, user_l2=args.user_l2, factor_l2=args.factor_l2, seed=args.seed
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        user_l2=args.user_l2,
+        collab_l2=args.collab_l2,
+        factor_l2=args.factor_l2,
+        negatives=args.negatives,
+        seed=args.seed,
     )
     cfg = settings.scorer_config()
     log = data.log
