@@ -7,9 +7,9 @@ Shapes: I items (len), C >= I allocated rows (capacity), N layers, d channels, (
                                0 for an item never trained on
 
 Rows are stable: an id keeps its row for the catalogue's life (a re-added id is replaced in place).
-One writer thread (add, bias and factor writes). Other threads may read meanwhile: a new row is published (in
-ids, len, rows_changed_since) only after its maps are written, and storage grows by swapping in
-copies. A row replaced in place can be read half-written; features are deterministic per media and
+One writer thread (add, bias and factor writes). Other threads may read meanwhile: a new row is
+published (in ids, len, rows_changed_since) only after its maps are written, and storage grows by
+swapping in copies. A row replaced in place can be read half-written; features are deterministic per media and
 feature version, so a replacement normally writes the bits the row already holds.
 """
 from __future__ import annotations

@@ -2,7 +2,8 @@
 prequential replay (the same InteractionLearner code path as the streaming worker).
 
 Two registered specs: `mmrec`, the faithful patent model, and `mmrec-hybrid`, the hybrid extension
-(collaborative factors, the pairwise objective and more channels per layer; docs/design.md).
+(collaborative factors and the pairwise objective, channels per layer chosen on validation;
+docs/design.md).
 """
 from __future__ import annotations
 
