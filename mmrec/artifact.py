@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from safetensors.numpy import load as load_numpy
 from safetensors.numpy import save as save_numpy
 from torch import Tensor
 
+from mmrec.catalogue import Catalogue
 from mmrec.features import FeatureVersion
 from mmrec.model import ModelConfig, ParamLayout, SharedParams
 
@@ -41,6 +44,19 @@ class ModelArtifact:
     user_ids: tuple[str, ...]
     user_offsets: Tensor  # (U, P) each trained user's offsets from the prior
     notes: dict[str, str] = field(default_factory=dict)  # e.g. data set, events, epochs, trained_at
+
+    @cached_property
+    def item_rows(self) -> dict[str, int]:
+        """Row of each trained media id in item_bias and item_factors."""
+        return {media_id: row for row, media_id in enumerate(self.item_ids)}
+
+    def apply_items(self, catalogue: Catalogue, media_ids: Sequence[str]) -> None:
+        """Give these catalogue items their trained bias and factors (items the model never saw keep 0)."""
+        known = [m for m in media_ids if m in self.item_rows]
+        if known:
+            rows, trained = catalogue.rows(known), torch.tensor([self.item_rows[m] for m in known])
+            catalogue.item_bias[rows] = self.item_bias[trained]
+            catalogue.item_factors[rows] = self.item_factors[trained]
 
     @property
     def version(self) -> str:

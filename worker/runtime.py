@@ -41,7 +41,6 @@ class Runtime:
         self.shared = self.artifact.shared if self.artifact else SharedParams.initial(self.cfg)
         self.model_version = self.artifact.version if self.artifact else "untrained-prior"
         self._trained_users = {user: row for row, user in enumerate(self.artifact.user_ids)} if self.artifact else {}
-        self._trained_items = {media: row for row, media in enumerate(self.artifact.item_ids)} if self.artifact else {}
         self.store = open_feature_store(settings)
         self.catalogue = Catalogue.load(self.store, self.feature_version, factor_dim=self.cfg.collab_dim)
         self.apply_item_bias(self.catalogue.ids)
@@ -76,12 +75,8 @@ class Runtime:
 
     def apply_item_bias(self, media_ids: Sequence[str]) -> None:
         """Give catalogue items their trained bias residual and factors (items the model never saw keep 0)."""
-        known = [m for m in media_ids if m in self._trained_items]
-        if known:
-            assert self.artifact is not None
-            rows, trained = self.catalogue.rows(known), torch.tensor([self._trained_items[m] for m in known])
-            self.catalogue.item_bias[rows] = self.artifact.item_bias[trained]
-            self.catalogue.item_factors[rows] = self.artifact.item_factors[trained]
+        if self.artifact is not None:
+            self.artifact.apply_items(self.catalogue, media_ids)
 
     async def on_model_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)

@@ -71,12 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     catalogue = Catalogue(extractor.version, capacity=len(features), factor_dim=artifact.cfg.collab_dim)
     catalogue.add(features)
-    trained = {m: r for r, m in enumerate(artifact.item_ids)}
-    known = [(row, trained[m]) for row, m in enumerate(catalogue.ids) if m in trained]  # other items keep 0
-    if known:
-        rows, trained_rows = (torch.tensor(part) for part in zip(*known))
-        catalogue.item_bias[rows] = artifact.item_bias[trained_rows]
-        catalogue.item_factors[rows] = artifact.item_factors[trained_rows]
+    artifact.apply_items(catalogue, catalogue.ids)
     layout, rows = ParamLayout(artifact.cfg), {u: r for r, u in enumerate(artifact.user_ids)}
     written = 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
