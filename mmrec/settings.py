@@ -65,6 +65,8 @@ class LearningSettings(BaseModel):
     pending_limit: int = Field(64, ge=1, le=10_000, description="Events per user that may wait for their media's features; beyond, they are dead-lettered.")
     pending_max_wait_s: float = Field(3600.0, gt=0, description="How long an event waits for its media's features before it is dead-lettered.")
     pending_sweep_s: float = Field(10.0, gt=0, le=3600, description="How often waiting events are looked at again (besides when their media arrive).")
+    learn_batch: int = Field(64, ge=1, le=4096, description="Interactions handled together: one model-thread call and one state read and write per user for the batch.")
+    learn_batch_wait_ms: float = Field(2.0, gt=0, le=1000, description="How long a batch of interactions waits to fill before it is handled as it is.")
 
     def online_config(self) -> OnlineConfig:
         return OnlineConfig(

@@ -29,7 +29,7 @@ from worker.service import Worker, create_worker
 
 def make_worker(data_dir: Path, **overrides: object) -> Worker:
     """A worker whose broker is never contacted, with six catalogue items m0..m5."""
-    settings = Settings(bootstrap_servers="127.0.0.1:1", data_dir=data_dir, table_store="memory", partitions=1, **overrides)
+    settings = Settings(**{"bootstrap_servers": "127.0.0.1:1", "data_dir": data_dir, "table_store": "memory", "partitions": 1, **overrides})
     built = create_worker(settings, Metrics(CollectorRegistry()), web_enabled=False)
     built.app.finalize()
     built.app.flow_control.resume()
@@ -82,6 +82,36 @@ async def test_learn_applies_each_event_once_and_marks_the_user_for_refresh(work
     state = decode_user_state(worker.tables.user_state[b"u1"], cfg)
     assert state.offsets.abs().sum() > 0 and len(state.seen) == 3
     assert worker.runtime.metrics.step_seconds._sum.get() > 0
+
+
+async def test_a_batch_steps_each_user_in_order_and_writes_their_state_to_their_own_partition(tmp_path: Path):
+    """Events of two users on two partitions, handled as one batch (one model-thread call): each
+    user's events are stepped in order, their state is written once, and faust sends its changelog
+    record to the user's partition (faust takes it from the current event, which a batch must set)."""
+    worker = make_worker(tmp_path, partitions=2, learn_batch=64, learn_batch_wait_ms=300)
+    table = worker.tables.user_state
+    hops = 0
+    original_hop = worker.runtime.on_model_thread
+
+    async def counting_hop(fn: Callable, *args: object) -> object:
+        nonlocal hops
+        hops += 1
+        return await original_hop(fn, *args)
+
+    with patch.object(table, "send_changelog", wraps=table.send_changelog) as changelog, \
+            patch.object(worker.runtime, "on_model_thread", new=counting_hop):
+        async with worker.app.agents["learn"].test_context() as agent:
+            for k in range(3):
+                await agent.put(key=b"ua", value=event(f"a{k}", user="ua", media=f"m{k}"), partition=0)
+                await agent.put(key=b"ub", value=event(f"b{k}", user="ub", media=f"m{k + 3}"), partition=1)
+            await eventually(lambda: version_of(worker, b"ua") == 3 and version_of(worker, b"ub") == 3)
+        calls = [(call.args[0], call.args[1]) for call in changelog.call_args_list]
+    assert hops == 1
+    assert sorted(calls) == [(0, b"ua"), (1, b"ub")]
+    for user, offsets in ((b"ua", [0, 2, 4]), (b"ub", [1, 3, 5])):
+        state = decode_user_state(table[user], worker.runtime.cfg)
+        assert state.position == offsets[-1]  # the last event of the user, applied last
+    worker.runtime.close()
 
 
 async def test_invalid_interactions_are_dead_lettered_with_reasons(worker: Worker):
