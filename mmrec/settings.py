@@ -120,6 +120,7 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_s: float = Field(1.0, gt=0, le=60, description="Consumer group heartbeat interval.")
     commit_interval_s: float = Field(1.0, gt=0, le=60, description="How often processed offsets are committed.")
     producer_max_batch_size: int = Field(16384, ge=1, description="Producer batch bytes; 1 = one record per batch (needed on Tansu for correct end offsets).")
+    producer_linger_ms: float = Field(5.0, ge=0, le=1000, description="How long the producer lets records gather before it sends a request (Kafka's own default since 4.0): fewer, larger requests; 0 sends each batch at once.")
     create_topics: bool = Field(False, description="Create the source and output topics at start if missing.")
     partitions: int = Field(8, ge=1, le=10_000, description="Partitions of the keyed topics and tables; users are spread over them.")
     replication_factor: int = Field(1, ge=1, le=16, description="Replication of topics the worker creates.")

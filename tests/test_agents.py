@@ -22,6 +22,7 @@ from mmrec.messages import Interaction
 from mmrec.settings import Settings
 from mmrec.user_state import decode_user_state
 from tests.synthetic_items import make_item
+from worker.learn_agent import Learning
 from worker.metrics import Metrics
 from worker.pending import decode_pending
 from worker.service import Worker, create_worker
@@ -85,28 +86,20 @@ async def test_learn_applies_each_event_once_and_marks_the_user_for_refresh(work
 
 
 async def test_a_batch_steps_each_user_in_order_and_writes_their_state_to_their_own_partition(tmp_path: Path):
-    """Events of two users on two partitions, handled as one batch (one model-thread call): each
-    user's events are stepped in order, their state is written once, and faust sends its changelog
-    record to the user's partition (faust takes it from the current event, which a batch must set)."""
+    """Events of two users on two partitions, handled as one batch: each user's events are stepped
+    in order, their state is written once, and faust sends its changelog record to the user's
+    partition (faust takes it from the current event, which a batch must set)."""
     worker = make_worker(tmp_path, partitions=2, learn_batch=64, learn_batch_wait_ms=300)
     table = worker.tables.user_state
-    hops = 0
-    original_hop = worker.runtime.on_model_thread
-
-    async def counting_hop(fn: Callable, *args: object) -> object:
-        nonlocal hops
-        hops += 1
-        return await original_hop(fn, *args)
-
     with patch.object(table, "send_changelog", wraps=table.send_changelog) as changelog, \
-            patch.object(worker.runtime, "on_model_thread", new=counting_hop):
+            patch.object(Learning, "_step_all", autospec=True, side_effect=Learning._step_all) as step_all:
         async with worker.app.agents["learn"].test_context() as agent:
             for k in range(3):
                 await agent.put(key=b"ua", value=event(f"a{k}", user="ua", media=f"m{k}"), partition=0)
                 await agent.put(key=b"ub", value=event(f"b{k}", user="ub", media=f"m{k + 3}"), partition=1)
             await eventually(lambda: version_of(worker, b"ua") == 3 and version_of(worker, b"ub") == 3)
         calls = [(call.args[0], call.args[1]) for call in changelog.call_args_list]
-    assert hops == 1
+    assert step_all.call_count == 1 and len(step_all.call_args.args[2]) == 6
     assert sorted(calls) == [(0, b"ua"), (1, b"ub")]
     for user, offsets in ((b"ua", [0, 2, 4]), (b"ub", [1, 3, 5])):
         state = decode_user_state(table[user], worker.runtime.cfg)
@@ -214,8 +207,9 @@ def test_catalogue_sync_rejects_features_in_other_shapes_than_the_settings_give(
         ConsumerRecord("features", 0, i, 0, 0, item.media_id.encode(), encode_item(item), None, 0, 0, [])
         for i, item in enumerate([bad, good])
     ]
-    new_ids, rejected = worker.catalogue._store(records)
-    assert new_ids == ["fine"] and "odd" not in worker.runtime.catalogue
+    ours, rejected = worker.catalogue._store(records)
+    assert [item.media_id for item in ours] == ["fine"] and worker.catalogue._add(ours) == ["fine"]
+    assert "odd" not in worker.runtime.catalogue
     assert [(r.key, reason) for r, reason, _ in rejected] == [(b"odd", "feature_shape")]
 
 

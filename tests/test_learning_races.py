@@ -1,7 +1,7 @@
 """The learning agents under concurrency and redelivery. The interactions agent and the wakeups
-agent work on the same users concurrently (each step awaits the model thread): the first tests hold
-both agents open at once and slow the step down, so an unguarded read-modify-write of a user's state
-or waiting queue would lose an event."""
+agent work on the same users concurrently (each awaits between reading a user's state or queue and
+writing it back): the first tests hold both agents open at once and slow the step down, so an
+unguarded read-modify-write of a user's state or waiting queue would lose an event."""
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +22,7 @@ def worker(tmp_path: Path) -> Worker:
     built = make_worker(tmp_path)
     step = built.runtime.interactions.apply
 
-    def slow_step(*args: object, **kwargs: object):  # noqa: ANN202 - runs on the model thread
+    def slow_step(*args: object, **kwargs: object):  # noqa: ANN202
         time.sleep(0.02)
         return step(*args, **kwargs)
 

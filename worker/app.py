@@ -73,6 +73,7 @@ def build_app(
         broker_rebalance_timeout=settings.session_timeout_s,
         broker_commit_interval=settings.commit_interval_s,
         producer_max_batch_size=settings.producer_max_batch_size,
+        producer_linger=settings.producer_linger_ms / 1000,
         recovery_consistency_check=False,  # see docs/design.md, "Delivery guarantee"
         TableManager=SeekFirstTableManager,
         web_enabled=web_enabled,

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from mmrec.extraction import feature_shapes
+from mmrec.features import ItemFeatures
 from mmrec.item_codec import CorruptRecord, decode_item
 from worker.dead_letters import DeadLetters
 from worker.kafka_client import client_kwargs
@@ -66,7 +67,7 @@ class CatalogueSync:
             raise RuntimeError(f"features topic {self.topic!r} does not exist (create the topics first)")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        checkpoints = await self.runtime.on_model_thread(self.runtime.store.checkpoints)
+        checkpoints = await self.runtime.on_store_thread(self.runtime.store.checkpoints)
         for tp in tps:
             position = checkpoints.get(f"{tp.topic}/{tp.partition}")
             if position is None:
@@ -85,7 +86,8 @@ class CatalogueSync:
 
     async def ingest(self, records: list[ConsumerRecord]) -> None:
         """Store a batch of feature records, add ours to the catalogue, tell the listeners."""
-        new_ids, rejected = await self.runtime.on_model_thread(self._store, records)
+        ours, rejected = await self.runtime.on_store_thread(self._store, records)
+        new_ids = self._add(ours)
         for record, reason, error in rejected:
             await self.dead.send(
                 topic=record.topic, partition=record.partition, offset=record.offset, key=record.key, value=record.value, reason=reason, error=error
@@ -96,8 +98,9 @@ class CatalogueSync:
             for listener in self.listeners:
                 await listener(new_ids)
 
-    def _store(self, records: list[ConsumerRecord]) -> tuple[list[str], list[tuple[ConsumerRecord, str, str]]]:
-        """On the model thread: decode, store with checkpoints, add to the catalogue."""
+    def _store(self, records: list[ConsumerRecord]) -> tuple[list[ItemFeatures], list[tuple[ConsumerRecord, str, str]]]:
+        """On the store thread: decode and store with checkpoints; the items of our feature version,
+        and the records rejected with their reasons."""
         items, rejected = [], []
         for record in records:
             try:
@@ -118,7 +121,12 @@ class CatalogueSync:
         ours = [item for item in items if item.version == self.runtime.feature_version]
         if len(ours) < len(items):
             log.info("stored %d items of another feature version (not scored here)", len(items) - len(ours))
-        new_ids = list(dict.fromkeys(item.media_id for item in ours if item.media_id not in self.runtime.catalogue))
-        self.runtime.catalogue.add(ours)
+        return ours, rejected
+
+    def _add(self, items: list[ItemFeatures]) -> list[str]:
+        """On the event loop's thread, like the online steps that read the catalogue: add the items;
+        the ids that are new to it."""
+        new_ids = list(dict.fromkeys(item.media_id for item in items if item.media_id not in self.runtime.catalogue))
+        self.runtime.catalogue.add(items)
         self.runtime.apply_item_bias(new_ids)
-        return new_ids, rejected
+        return new_ids

@@ -2,18 +2,18 @@
 partitioned by user id); events whose media has no features yet wait in order and are retried.
 
 The interactions agent takes events in batches (`MMREC_LEARN_BATCH`, waiting at most
-`MMREC_LEARN_BATCH_WAIT_MS` for a batch to fill): a batch costs one hop to the model thread and one
-state read and write per user, instead of one each per event (measured: one hop per event held a
-worker to ~200 events/s, most of each event's time spent waiting for its turn on the model thread).
-Events of one user are stepped in their order, and faust acks a batch only after it is handled.
+`MMREC_LEARN_BATCH_WAIT_MS` for a batch to fill) and steps them on the event loop's thread
+(worker/runtime.py says why not on a thread of their own): one state read and write per user per
+batch. Events of one user are stepped in their order, and faust acks a batch only after it is handled.
 
 At-least-once delivery plus idempotent updates: a user's state records the partition and offset of
 the last applied event and the ids of recent ones, so a redelivered or re-sent event is a no-op.
 
-The two agents (interactions and wakeups) run concurrently on the same partitions, and each step
-awaits the model thread: every read-modify-write of one user's state and queue holds that user's
-lock, or an event applied or parked by one agent is overwritten by the other (measured: events lost
-without any crash). Neither agent handles an event before the catalogue has read the features topic
+The two agents (interactions and wakeups) run concurrently on the same partitions and await between
+reading a user's state or queue and writing it back (parking sends a wakeup; dead-lettering sends a
+record): every read-modify-write of one user's state and queue holds that user's lock, or an event
+applied or parked by one agent is overwritten by the other (measured, when steps ran on a thread of
+their own: events lost without any crash). Neither agent handles an event before the catalogue has read the features topic
 up to where it stood at start, so negatives are drawn from the same items as a replay would.
 """
 from __future__ import annotations
@@ -141,11 +141,10 @@ class Learning:
                         await self.park(event.key, interaction, message)
                     else:
                         steps.append(Step(event.key, interaction, message.partition, message.offset, message.timestamp, event))
-            await self.apply(steps)
+            self.apply(steps)
 
-    async def apply(self, steps: Sequence[Step]) -> None:
-        """Online steps in order, in one model-thread call; each user's state is read and written once.
-        The caller holds the users' locks."""
+    def apply(self, steps: Sequence[Step]) -> None:
+        """Online steps in order; each user's state is read and written once. The caller holds the users' locks."""
         if not steps:
             return
         first: dict[bytes, Step] = {}
@@ -155,7 +154,7 @@ class Learning:
         for user, step in first.items():
             with acting_for(step.event):
                 states[user] = self.state_of(user)
-        results = await self.runtime.on_model_thread(self._step_all, states, steps)
+        results = self._step_all(states, steps)
         metrics = self.runtime.metrics
         applied: set[bytes] = set()
         for step, (result, seconds) in zip(steps, results):
@@ -176,8 +175,7 @@ class Learning:
             self.refresher.note(step.interaction.user_id, result.state, step.partition, trigger, step.produced_at, result.applied)
 
     def _step_all(self, states: dict[bytes, UserState], steps: Sequence[Step]) -> list[tuple[StepResult, float]]:
-        """(On the model thread.) Each step on its user's latest state, which `states` then holds;
-        each result with its seconds of compute."""
+        """Each step on its user's latest state, which `states` then holds; each result with its seconds."""
         out = []
         for step in steps:
             started = time.perf_counter()
@@ -234,7 +232,7 @@ class Learning:
             head = queue[0]
             interaction = parse(Interaction, head.value.encode())
             if self.runtime.interactions.ready(interaction):
-                await self.apply([Step(user, interaction, head.partition, head.offset, head.produced_at)])
+                self.apply([Step(user, interaction, head.partition, head.offset, head.produced_at)])
             elif head.parked_at < deadline:
                 await self.dead.send(
                     topic=self.settings.topic_interactions,

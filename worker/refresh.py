@@ -3,8 +3,8 @@ user, batched across users) and when new media arrive for recently active users.
 
 A refresh goes through the recommender, so large catalogues are ranked by the retrieval stage (a
 surrogate shortlist re-scored exactly, mmrec.retrieval) and small ones exactly. Scoring runs on this
-agent's own thread, beside the model thread that runs the online steps and writes the catalogue:
-on two cores a refresh no longer waits for steps nor steps for refreshes. The catalogue allows
+agent's own thread, beside the event loop's thread that runs the online steps and writes the
+catalogue: on two cores a refresh no longer waits for steps nor steps for refreshes. The catalogue allows
 reads from other threads (mmrec.catalogue: rows are published once written), and the recommender
 and its retrieval index are used only here. A refresh batch is capped in (user, item) pairs scored
 (`_PAIRS_PER_BATCH`), so a user's refresh waits behind at most one short batch.

@@ -156,7 +156,8 @@ def worker_config(settings: Settings, wait_ms: int) -> dict:
         "role": "all", "partitions": settings.partitions, "table_store": settings.table_store, "top_k": settings.top_k,
         "refresh_debounce_ms": settings.refresh_debounce_ms, "retrieval": settings.retrieval,
         "shortlist": settings.retrieval_config().shortlist_size(settings.top_k), "worker_torch_threads": settings.torch_threads,
-        "producer_max_batch_size": settings.producer_max_batch_size, "broker": "tansu (embedded, memory storage)", "fetch_max_wait_ms": wait_ms,
+        "producer_max_batch_size": settings.producer_max_batch_size, "producer_linger_ms": settings.producer_linger_ms,
+        "broker": "tansu (embedded, memory storage)", "fetch_max_wait_ms": wait_ms,
     }
 
 
