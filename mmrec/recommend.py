@@ -80,8 +80,7 @@ class Recommender:
             candidates, values = None, self.scores(offsets, catalogue)
         else:
             size = self.retrieval.shortlist_size(k) + max((len(s) for s in seen), default=0)
-            candidates = self.retriever.shortlist(offsets, catalogue, size)  # (U, S) rows
-            values = self.retriever.rescore(offsets, catalogue, candidates)
+            candidates, values = self.retriever.rank(offsets, catalogue, size)  # (U, S) rows, exact scores
         for user, hashes in enumerate(seen):
             rows = self._rows_of(hashes, catalogue)
             if not rows:

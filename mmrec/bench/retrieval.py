@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         for k in args.k:
             size = defaults.shortlist_size(k)
-            rows = rec.retriever.shortlist(users.offsets, catalogue, size)
+            rows, _ = rec.retriever.rank(users.offsets, catalogue, size)
             recall = [len(set(rows[u].tolist()) & set(truth[u].topk(k).indices.tolist())) / k for u in range(args.users)]
             row[f"recall@{k}"] = {"mean": sum(recall) / len(recall), "min": min(recall), "shortlist": size}
             latencies = []
@@ -111,10 +111,12 @@ def run(args: argparse.Namespace) -> dict:
     config = {
         "items": args.kind, "sizes": sorted(args.sizes), "users": args.users, "trained_events_per_user": 80, "train_users_s": train_s,
         "shortlist": {k: defaults.shortlist_size(k) for k in args.k}, "partition_min_items": defaults.partition_min_items,
-        "partition_probe": defaults.partition_probe, "fp16_map_bytes_per_item": fp16_bytes_per_item(),
+        "partition_probe": defaults.partition_probe, "refine_rounds": defaults.refine_rounds,
+        "candidate_factor": defaults.candidate_factor, "projection_min_items": defaults.projection_min_items,
+        "projection_energy": defaults.projection_energy, "fp16_map_bytes_per_item": fp16_bytes_per_item(),
         "N": cfg.n_layers, "m": cfg.kernel_size, "d": cfg.channels, "grids": [s[1:] for s in SHAPES], "input_size": 224, "device": "cpu",
         "in_memory_max": args.in_memory_max,
     }
-    notes.append("refresh: Recommender.top_k for one user (surrogate scan or probed lists, exact re-ranking of the shortlist, top-K)")
+    notes.append("refresh: Recommender.top_k for one user (surrogate scan, projected scan or probed lists, rounds of exact re-ranking, top-K)")
     notes.append("recall@K: share of the exact top-K inside the shortlist re-ranked exactly (mean and worst user)")
     return emit("retrieval", config, figures, notes, as_json=args.json)
