@@ -67,7 +67,7 @@ class RetrievalConfig:
     shortlist_min: int = 100  # ... but at least this many
     partition_min_items: int = 5_000_000  # an inverted-file index from this many items on
     partition_probe: float = 0.03  # fraction of the lists a query reads
-    refine_rounds: int = 3  # exact re-scoring rounds that choose a shortlist (1: the surrogate's best S)
+    refine_rounds: int = 2  # exact re-scoring rounds that choose a shortlist (1: the surrogate's best S)
     candidate_factor: int = 10  # later rounds choose among the surrogate's best candidate_factor x S
     projection_min_items: int = 200_000  # scan a principal-direction projection of psi from this many items on
     projection_energy: float = 0.99  # share of psi's spread about its mean the projection keeps
@@ -211,19 +211,18 @@ class _Projection:
             self.coords = grown
         self.coords[rows] = self.project(vectors)
 
-    def candidates(self, phi: Tensor, bias: Tensor, count: int) -> Tensor:
-        """Each user's `count` best rows under the projected surrogate: (U, C) long, from phi (U, D), bias (n,)."""
-        n = bias.shape[0]
-        weights = phi @ self.basis  # (U, r)
-        out = []
-        for start in range(0, phi.shape[0], _USER_GROUP):
-            group = weights[start : start + _USER_GROUP]
-            if group.shape[0] == 1:  # a matrix-vector product reads the coordinates faster than addmm
-                values = torch.addmv(bias, self.coords[:n], group[0])[None]
-            else:
-                values = torch.addmm(bias[:, None], self.coords[:n], group.T).T.contiguous()
-            out.append(_best(values, count))
-        return torch.cat(out)
+
+def _scan(table: Tensor, weights: Tensor, bias: Tensor, count: int) -> Tensor:
+    """Each user's `count` best rows of table (n, r) under weights (U, r) plus bias (n,): (U, C) long, unsorted."""
+    out = []
+    for start in range(0, weights.shape[0], _USER_GROUP):
+        group = weights[start : start + _USER_GROUP]
+        if group.shape[0] == 1:  # a matrix-vector product reads the table faster than addmm
+            values = torch.addmv(bias, table, group[0])[None]
+        else:
+            values = torch.addmm(bias[:, None], table, group.T).T.contiguous()
+        out.append(_best(values, count))
+    return torch.cat(out)
 
 
 def _best(values: Tensor, count: int) -> Tensor:
@@ -400,7 +399,7 @@ class Retriever:
     def _pool(self, params: UserParams, catalogue: ItemSource, count: int) -> tuple[Tensor, Tensor, Tensor]:
         """Each user's `count` best rows under the surrogate, their surrogate values and their psi:
         (U, C) long, (U, C), (U, C, D). Through the projection the rows are the projected surrogate's
-        best, the values the full surrogate's."""
+        best, the values the full surrogate's. The rows are in no particular order."""
         n = self._rows  # rows whose vectors are known (the catalogue may have grown since on its writer thread)
         phi = user_vectors(params, self.shared, self.cfg)  # (U, D)
         bias = catalogue.item_bias
@@ -408,10 +407,11 @@ class Retriever:
             rows, values = _top_rows(phi, self._vectors[:n], bias, torch.arange(n), count, (params.collab, catalogue.item_factors[:n]))
         elif self._partitions is not None:
             rows, values = self._probe(self._partitions, phi, bias, count)
-        elif self._projection is None:
-            rows, values = _top_rows(phi, self._vectors[:n], bias, torch.arange(n), count)
         else:
-            rows = self._projection.candidates(phi, bias[:n], count)
+            if self._projection is None:
+                rows = _scan(self._vectors[:n], phi, bias[:n], count)
+            else:
+                rows = _scan(self._projection.coords[:n], phi @ self._projection.basis, bias[:n], count)
             vectors = self._vectors.index_select(0, rows.flatten()).view(*rows.shape, -1)
             return rows, torch.bmm(vectors, phi[..., None])[..., 0] + bias.index_select(0, rows.flatten()).view(rows.shape), vectors
         return rows, values, self._vectors.index_select(0, rows.flatten()).view(*rows.shape, -1)
