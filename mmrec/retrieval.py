@@ -185,15 +185,16 @@ class _Projection:
     r < D floats per item: phi . psi = phi . mean + (basis^T phi) . coords + what the projection drops."""
 
     def __init__(self, vectors: Tensor, energy: float) -> None:
-        n = vectors.shape[0]
-        gram = torch.zeros(vectors.shape[1], vectors.shape[1], dtype=torch.float64)
-        for start in range(0, n, _SCAN_CHUNK):
+        n, dim = vectors.shape
+        gram, total = torch.zeros(dim, dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
+        for start in range(0, n, _SCAN_CHUNK):  # in chunks: a float64 copy of every vector would be 8 D bytes per item
             part = vectors[start : start + _SCAN_CHUNK].double()
             gram += part.T @ part
-        mean = vectors.double().mean(dim=0)
+            total += part.sum(dim=0)
+        mean = total / n
         spread, directions = torch.linalg.eigh(gram / n - torch.outer(mean, mean))  # ascending
         share = spread.flip(0).clamp(min=0).cumsum(0) / spread.clamp(min=0).sum().clamp(min=1e-30)
-        rank = min(int((share < energy).sum()) + 1, vectors.shape[1])
+        rank = min(int((share < energy).sum()) + 1, dim)
         self.mean = mean.float()  # (D,)
         self.basis = directions.flip(1)[:, :rank].float().contiguous()  # (D, r)
         self.built_rows = n
