@@ -18,11 +18,11 @@ from mmrec.features import FeatureVersion
 from mmrec.item_codec import encode_item
 from mmrec.model import ParamLayout, SharedParams
 
+from mmrec.interaction_step import InteractionLearner
 from mmrec.messages import Interaction
 from mmrec.settings import Settings
-from mmrec.user_state import decode_user_state
+from mmrec.user_state import decode_user_state, encode_user_state
 from tests.synthetic_items import make_item
-from worker.learn_agent import Learning
 from worker.metrics import Metrics
 from worker.pending import decode_pending
 from worker.service import Worker, create_worker
@@ -92,19 +92,38 @@ async def test_a_batch_steps_each_user_in_order_and_writes_their_state_to_their_
     worker = make_worker(tmp_path, partitions=2, learn_batch=64, learn_batch_wait_ms=300)
     table = worker.tables.user_state
     with patch.object(table, "send_changelog", wraps=table.send_changelog) as changelog, \
-            patch.object(Learning, "_step_all", autospec=True, side_effect=Learning._step_all) as step_all:
+            patch.object(InteractionLearner, "apply_many", autospec=True, side_effect=InteractionLearner.apply_many) as apply_many:
         async with worker.app.agents["learn"].test_context() as agent:
             for k in range(3):
                 await agent.put(key=b"ua", value=event(f"a{k}", user="ua", media=f"m{k}"), partition=0)
                 await agent.put(key=b"ub", value=event(f"b{k}", user="ub", media=f"m{k + 3}"), partition=1)
             await eventually(lambda: version_of(worker, b"ua") == 3 and version_of(worker, b"ub") == 3)
         calls = [(call.args[0], call.args[1]) for call in changelog.call_args_list]
-    assert step_all.call_count == 1 and len(step_all.call_args.args[2]) == 6
+    assert apply_many.call_count == 1 and len(apply_many.call_args.args[2]) == 6
     assert sorted(calls) == [(0, b"ua"), (1, b"ub")]
     for user, offsets in ((b"ua", [0, 2, 4]), (b"ub", [1, 3, 5])):
         state = decode_user_state(table[user], worker.runtime.cfg)
         assert state.position == offsets[-1]  # the last event of the user, applied last
     worker.runtime.close()
+
+
+def test_apply_many_steps_each_users_events_in_order_like_one_by_one(worker: Worker):
+    """InteractionLearner.apply_many (the learn agent's batch): three users' interleaved events, a
+    re-sent one among them, give the states that one-by-one steps give, to the bit."""
+    runtime = worker.runtime
+    events = [(Interaction.model_validate_json(event(f"e{k}", user=f"u{k % 3}", media=f"m{k % 6}")), 0, k) for k in range(9)]
+    events.append((events[4][0], 0, 9))  # e4 re-sent at a new offset: a duplicate
+    batched = {f"u{u}": runtime.initial_state(f"u{u}") for u in range(3)}
+    results = runtime.interactions.apply_many(batched, events)
+    one_by_one = {f"u{u}": runtime.initial_state(f"u{u}") for u in range(3)}
+    for (interaction, partition, offset), result in zip(events, results):
+        alone = runtime.interactions.apply(one_by_one[interaction.user_id], interaction, partition, offset)
+        one_by_one[interaction.user_id] = alone.state
+        assert result.applied == alone.applied
+    assert [r.applied for r in results] == [True] * 9 + [False]
+    for user, state in one_by_one.items():
+        assert encode_user_state(batched[user], runtime.cfg) == encode_user_state(state, runtime.cfg)
+    assert batched["u1"].version == 3 and batched["u1"].position == 7
 
 
 async def test_invalid_interactions_are_dead_lettered_with_reasons(worker: Worker):

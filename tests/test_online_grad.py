@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmrec.model import ModelConfig, ParamLayout, SharedParams
-from mmrec.online import Examples, OnlineConfig, OnlineLearner
+from mmrec.online import ExampleBatch, Examples, OnlineConfig, OnlineLearner, StepRequest
 from mmrec.user_state import UserState, encode_user_state
 
 CASES = [
@@ -99,3 +99,47 @@ def test_one_example_and_no_negatives():
     learner = OnlineLearner(cfg, shared, OnlineConfig())
     _, grad = learner.loss_and_grad(offsets, examples)
     torch.testing.assert_close(grad, autograd_loss_and_grad(learner, offsets, examples)[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg,grids", [*CASES, (ModelConfig(), [(8, 8), (4, 4), (2, 2)])])  # the last: a 64-pixel input
+@pytest.mark.parametrize("users", [4, 33, 64])
+def test_a_batch_of_users_gives_each_the_loss_and_gradient_it_gets_alone(cfg, grids, users):
+    """loss_and_grad_many runs U users' events as one batch. In float32 (what the worker runs) each
+    row equals the single-user call bit for bit, wherever it sits in the batch, so a worker's batched
+    steps replay exactly one by one; in float64 to 1e-12, and autograd's gradient to 1e-10."""
+    for dtype in (torch.float32, torch.float64):
+        problems = [problem(cfg, grids, dtype=dtype, seed=10 + u) for u in range(users)]
+        learner = OnlineLearner(cfg, problems[0][0], OnlineConfig(l2=0.01))
+        examples = [Examples(ex.maps, ex.item_bias, ex.labels * (u % 2 + 0.5), ex.weights) for u, (_, ex, _) in enumerate(problems)]
+        offsets = torch.stack([off for _, _, off in problems])
+        offsets[1] = 0  # a new user (every pooling window ties) beside trained ones
+        losses, grads = learner.loss_and_grad_many(offsets, ExampleBatch.of(examples))
+        for u in range(users):
+            loss, grad = learner.loss_and_grad(offsets[u], examples[u])
+            if dtype == torch.float32:
+                assert torch.equal(losses[u], loss) and torch.equal(grads[u], grad), f"user {u} of {users}"
+            else:
+                torch.testing.assert_close((losses[u], grads[u]), (loss, grad), rtol=1e-12, atol=1e-14)
+            if dtype == torch.float64 and u % 8 == 0:
+                want_loss, want_grad = autograd_loss_and_grad(learner, offsets[u], examples[u])
+                torch.testing.assert_close(grads[u], want_grad, rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(losses[u], want_loss, rtol=0, atol=1e-12)
+
+
+def test_step_many_equals_steps_one_by_one_and_skips_duplicates():
+    cfg, grids = CASES[0]
+    learner = OnlineLearner(cfg, problem(cfg, grids, dtype=torch.float32)[0], OnlineConfig())
+    requests = []
+    for u in range(5):
+        _, examples, offsets = problem(cfg, grids, dtype=torch.float32, seed=20 + u, items=5 if u != 3 else 2)
+        state = UserState.new(cfg)
+        state.offsets = offsets
+        requests.append(StepRequest(state, examples, f"e{u}", partition=0, position=100 + u, now=7.0, engaged_media=f"m{u}"))
+    done = learner.step(requests[4].state, requests[4].examples, "e4", partition=0, position=104).state
+    requests[4] = StepRequest(done, requests[4].examples, "e4", partition=0, position=104)  # already applied
+    batched = learner.step_many(requests)
+    assert [r.applied for r in batched] == [True, True, True, True, False]
+    for request, result in zip(requests, batched):
+        alone = learner.step(request.state, request.examples, request.event_id, request.partition, request.position, request.now, request.engaged_media)
+        assert encode_user_state(result.state, cfg) == encode_user_state(alone.state, cfg)
+        assert result.loss == alone.loss or (result.loss != result.loss and alone.loss != alone.loss)  # nan for the duplicate

@@ -116,3 +116,19 @@ def test_users_idle_past_the_window_are_evicted_and_the_rest_kept(monkeypatch):
     refresher.dirty = {}
     refresher._evict_inactive()
     assert list(refresher.active) == []
+
+
+def test_a_closed_refresher_publishes_nothing_and_its_loop_ends():
+    """Closed before the app's producer stops (worker.service): a send after that would crash the app."""
+    rt = runtime(20, RetrievalConfig(mode="exact"))
+    topic = Topic()
+    refresher = Refresher(rt, topic)  # type: ignore[arg-type]
+    refresher.note("u1", state(1), 0, Trigger(kind="interaction", event_id="e1"), None, True)
+    refresher.close()
+
+    async def run_and_offer_items() -> None:
+        await asyncio.wait_for(refresher.run(), timeout=5)
+        await refresher.on_new_items([rt.catalogue.ids[0]])
+
+    asyncio.run(run_and_offer_items())
+    assert topic.sent == []

@@ -31,7 +31,6 @@ from faust.streams import _current_event  # faust has no public way to set it (s
 from faust.types import EventT
 
 from mmrec.messages import Interaction, InvalidMessage, Trigger, parse
-from mmrec.online import StepResult
 from mmrec.user_state import UserState, decode_user_state, encode_user_state
 from worker.app import Tables, Topics
 from worker.dead_letters import DeadLetters
@@ -153,11 +152,13 @@ class Learning:
         states = {}
         for user, step in first.items():
             with acting_for(step.event):
-                states[user] = self.state_of(user)
-        results = self._step_all(states, steps)
+                states[step.interaction.user_id] = self.state_of(user)
+        started = time.perf_counter()
+        results = self.runtime.interactions.apply_many(states, [(s.interaction, s.partition, s.offset) for s in steps])
+        seconds = (time.perf_counter() - started) / len(steps)
         metrics = self.runtime.metrics
         applied: set[bytes] = set()
-        for step, (result, seconds) in zip(steps, results):
+        for step, result in zip(steps, results):
             if result.applied:
                 applied.add(step.user)
                 metrics.step_seconds.observe(seconds)
@@ -167,22 +168,12 @@ class Learning:
         for user, step in first.items():
             with acting_for(step.event):
                 if user in applied:
-                    self.tables.user_state[user] = encode_user_state(states[user], self.runtime.cfg)
+                    self.tables.user_state[user] = encode_user_state(states[step.interaction.user_id], self.runtime.cfg)
                 else:
                     self.rewrite(self.tables.user_state, user)
-        for step, (result, _) in zip(steps, results):
+        for step, result in zip(steps, results):
             trigger = Trigger(kind="interaction", event_id=step.interaction.event_id)
             self.refresher.note(step.interaction.user_id, result.state, step.partition, trigger, step.produced_at, result.applied)
-
-    def _step_all(self, states: dict[bytes, UserState], steps: Sequence[Step]) -> list[tuple[StepResult, float]]:
-        """Each step on its user's latest state, which `states` then holds; each result with its seconds."""
-        out = []
-        for step in steps:
-            started = time.perf_counter()
-            result = self.runtime.interactions.apply(states[step.user], step.interaction, step.partition, step.offset)
-            states[step.user] = result.state
-            out.append((result, time.perf_counter() - started))
-        return out
 
     @staticmethod
     def rewrite(table: faust.Table, user: bytes) -> None:

@@ -67,6 +67,7 @@ class Refresher:
         self.dirty: dict[str, Due] = {}
         self._wake = asyncio.Event()
         self._scoring = ThreadPoolExecutor(1, thread_name_prefix="mmrec-score")
+        self._closed = False
 
     async def _on_scoring_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._scoring, fn, *args)
@@ -100,15 +101,22 @@ class Refresher:
         pairs = self.runtime.recommender.pairs_per_user(len(self.runtime.catalogue), self.settings.top_k)
         return max(1, min(self.settings.refresh_batch, _PAIRS_PER_BATCH // max(1, pairs)))
 
+    def close(self) -> None:
+        """Publish nothing more: the app is shutting down and its producer stops next (a send after
+        that crashes the app, measured: a SIGTERM exit code 1). Users still waiting for a refresh get
+        theirs with their next event."""
+        self._closed = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Forever: wait for dirty users, let their events settle, refresh them in batches."""
+        """Until closed: wait for dirty users, let their events settle, refresh them in batches."""
         debounce = self.settings.refresh_debounce_ms / 1000
-        while True:
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
             if debounce:
                 await asyncio.sleep(debounce)
-            while self.dirty:
+            while self.dirty and not self._closed:
                 batch = list(self.dirty)[: self.batch_size()]
                 dues = [self.dirty.pop(user) for user in batch]
                 await self._refresh(batch, dues)
@@ -153,6 +161,8 @@ class Refresher:
             await self._publish(user, active.top_rows, active.top_scores, due)
 
     async def _publish(self, user: str, rows: np.ndarray, scores: np.ndarray, due: Due) -> None:
+        if self._closed:
+            return
         ids = self.runtime.catalogue.ids
         message = Recommendations(
             user_id=user,

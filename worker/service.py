@@ -103,6 +103,11 @@ def create_worker(settings: Settings, metrics: Metrics | None = None, *, web_ena
             refresher = Refresher(runtime, topics.recommendations)
             listeners.append(refresher.on_new_items)
             app.task(refresher.run)
+            closing = refresher
+
+            @app.on_before_shutdown.connect
+            async def stop_publishing(sender: faust.App, **_: object) -> None:
+                closing.close()
         if role in LEARNING:
             assert tables is not None
             # In `all`, a changed state is scored right here; in `learn`, it goes to the score role.
