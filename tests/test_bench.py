@@ -113,3 +113,17 @@ def test_soak_command_runs_one_worker_on_the_embedded_broker(capsys, tmp_path: P
     assert out["figures"]["rocksdb_memtables_at_end"]["entries"] > 0
     assert json.loads((tmp_path / "soak.json").read_text())["figures"] == out["figures"]
     assert (tmp_path / "soak.png").stat().st_size > 10_000
+
+
+def test_stream_command_with_split_roles_runs_a_learn_and_a_score_process(capsys):
+    """--roles split: the layout deploy/kubernetes runs (user updates travel learn -> score on Kafka)."""
+    out = run_json(
+        ["bench", "stream", "--json", "--roles", "split", "--rate", "50", "--seconds", "4", "--fallback-rates",
+         "--users", "200", "--items", "200"],
+        capsys,
+    )
+    assert out["config"]["role"] == "learn+score"
+    measured = out["figures"]["target_rate"]
+    assert measured["answered_per_s"] > 0 and measured["latency_ms"]["p50"] > 0 and measured["worker_rss_mb"] > 0
+    metrics = out["figures"]["worker_metrics"]
+    assert metrics["learn:mmrec_online_step_seconds_count"] > 0 and metrics["score:mmrec_active_users"] > 0

@@ -13,8 +13,9 @@ The two agents (interactions and wakeups) run concurrently on the same partition
 reading a user's state or queue and writing it back (parking sends a wakeup; dead-lettering sends a
 record): every read-modify-write of one user's state and queue holds that user's lock, or an event
 applied or parked by one agent is overwritten by the other (measured, when steps ran on a thread of
-their own: events lost without any crash). Neither agent handles an event before the catalogue has read the features topic
-up to where it stood at start, so negatives are drawn from the same items as a replay would.
+their own: events lost without any crash). Neither agent handles an event before the catalogue has
+read the features topic up to where it stood at start, so negatives are drawn from the same items as
+a replay would.
 """
 from __future__ import annotations
 

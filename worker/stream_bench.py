@@ -1,4 +1,5 @@
-"""`mmrec bench stream`: one `mmrec worker` (role all) on the embedded broker, fed paced interactions.
+"""`mmrec bench stream`: one `mmrec worker` (role all; or, with --roles split, a learn process and a
+score process, as deploy/kubernetes runs them) on the embedded broker, fed paced interactions.
 
 Measures, on the same broker in the same run:
 - the floor: a plain aiokafka produce -> consume round trip (one producer, one consumer, paced at the
@@ -54,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="interactions per second offered")
     parser.add_argument("--seconds", type=float, default=30.0, help="paced duration at each rate")
     parser.add_argument("--fallback-rates", type=float, nargs="*", default=[500.0, 250.0], help="tried in order when --rate is not sustained")
+    parser.add_argument(
+        "--roles", choices=["all", "split"], default="all",
+        help="all: one worker process (role all); split: a learn process and a score process, as deploy/kubernetes runs them",
+    )
     add_worker_arguments(parser)
 
 
@@ -84,23 +89,24 @@ async def _main(args: argparse.Namespace) -> dict:
         await create_topics(settings)
         floor = await _floor(broker.bootstrap, f"{settings.client_id}.floor", settings.partitions, args.rate, min(args.seconds, 10.0), args.fetch_wait_ms)
         floor_default = await _floor(broker.bootstrap, f"{settings.client_id}.floor-default", settings.partitions, args.rate, 5.0, None)
-        async with running_worker(settings, args.items, args.fetch_wait_ms) as worker:
+        roles = ("all",) if args.roles == "all" else ("learn", "score")
+        async with running_worker(settings, args.items, args.fetch_wait_ms, roles) as worker:
             session = Session(settings, worker.media, args.users, args.fetch_wait_ms)
             await session.start()
             try:
                 await session.run(rate=50.0, seconds=3.0)  # warm-up: first calls, kernels, table files
                 runs = []
                 for rate in [args.rate, *args.fallback_rates]:
-                    cpu0 = cpu_seconds(worker.pid)
+                    cpu0 = worker.cpu_seconds()
                     measured = await session.run(rate=rate, seconds=args.seconds)
-                    measured["worker_cpu_ms_per_event"] = 1e3 * (cpu_seconds(worker.pid) - cpu0) / max(1, measured["sent"])
-                    measured["worker_rss_mb"] = rss_mb(worker.pid)
+                    measured["worker_cpu_ms_per_event"] = 1e3 * (worker.cpu_seconds() - cpu0) / max(1, measured["sent"])
+                    measured["worker_rss_mb"] = worker.rss_mb()
                     runs.append(measured)
                     if measured["sustained"]:
                         break
             finally:
                 await session.stop()
-            metrics = scrape(settings)
+            metrics = worker.metrics()
     notes += remove_folder(folder, args.keep)
     target = runs[0]
     best = next((r for r in runs if r["sustained"]), None)
@@ -116,7 +122,7 @@ async def _main(args: argparse.Namespace) -> dict:
     }
     config = {
         "users": args.users, "items": args.items, "item_kind": "concepts (synthetic)", "offered_rates": [r["offered_per_s"] for r in runs],
-        "seconds_per_rate": args.seconds, **worker_config(settings, args.fetch_wait_ms),
+        "seconds_per_rate": args.seconds, **worker_config(settings, args.fetch_wait_ms), "role": "+".join(roles),
         "catalogue_inject_s": worker.inject_s, "worker_ready_s": worker.ready_s, "N": 3, "m": 3, "d": 8, "input_size": 224, "device": "cpu",
     }
     notes.append("latency: from handing an interaction to the producer to reading the recommendation it triggered (same process clock)")
@@ -163,34 +169,62 @@ def worker_config(settings: Settings, wait_ms: int) -> dict:
 
 @dataclass(frozen=True)
 class RunningWorker:
-    process: subprocess.Popen
+    processes: list[subprocess.Popen]  # one per role
+    settings: list[Settings]  # each process's
     media: list[str]  # the catalogue's item ids
     inject_s: float  # seconds to produce the catalogue onto the features topic
     ready_s: float  # seconds from starting the worker to its readiness with every item
 
     @property
+    def process(self) -> subprocess.Popen:
+        return self.processes[0]
+
+    @property
     def pid(self) -> int:
         return self.process.pid
 
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.processes)
+
+    def rss_mb(self) -> float:
+        return sum(rss_mb(p.pid) for p in self.processes)
+
+    def metrics(self) -> dict[str, float]:
+        """Every process's scrape; with several roles each name is prefixed by its role."""
+        if len(self.settings) == 1:
+            return scrape(self.settings[0])
+        return {f"{s.role}:{name}": value for s in self.settings for name, value in scrape(s).items()}
+
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, items: int, wait_ms: int) -> AsyncIterator[RunningWorker]:
-    """Injects `items` synthetic items, starts `mmrec worker` (role all, every consumer's fetch wait
-    at wait_ms, log in settings.data_dir) and waits until it is ready; SIGTERM (then SIGKILL) on exit."""
+async def running_worker(settings: Settings, items: int, wait_ms: int, roles: Sequence[str] = ("all",)) -> AsyncIterator[RunningWorker]:
+    """Injects `items` synthetic items, starts one `mmrec worker` per role (every consumer's fetch
+    wait at wait_ms, logs in settings.data_dir, each role on its own web port) and waits until each
+    is ready; SIGTERM (then SIGKILL) on exit."""
+    from worker.embedded_broker import free_port
+
     t0 = time.perf_counter()
     media = await _inject_catalogue(settings, items)
     inject_s = time.perf_counter() - t0
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MMREC_")} | settings.to_env()
-    env["MMREC_BENCH_FETCH_WAIT_MS"] = str(wait_ms)
     command = [sys.executable, "-c", "import worker.stream_bench as b; b.worker_main()"]
-    with open(Path(settings.data_dir) / "worker.log", "ab") as log:
-        worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    each = [settings] if tuple(roles) == ("all",) else [
+        settings.model_copy(update={"role": role, "web_port": free_port("127.0.0.1"), "data_dir": Path(settings.data_dir) / role}) for role in roles
+    ]
+    processes = []
     try:
+        for role_settings in each:
+            Path(role_settings.data_dir).mkdir(parents=True, exist_ok=True)
+            env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MMREC_")} | role_settings.to_env()
+            env["MMREC_BENCH_FETCH_WAIT_MS"] = str(wait_ms)
+            with open(Path(settings.data_dir) / f"worker-{role_settings.role}.log", "ab") as log:
+                processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
         t0 = time.perf_counter()
-        await _wait_ready(settings, items, worker)
-        yield RunningWorker(worker, media, inject_s, time.perf_counter() - t0)
+        for role_settings, process in zip(each, processes):
+            await _wait_ready(role_settings, items, process)
+        yield RunningWorker(processes, each, media, inject_s, time.perf_counter() - t0)
     finally:
-        terminate(worker, grace_s=30)
+        for process in processes:
+            terminate(process, grace_s=30)
 
 
 def remove_folder(folder: Path, keep: bool) -> list[str]:
