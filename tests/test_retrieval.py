@@ -239,7 +239,7 @@ def test_ranked_shortlists_carry_exact_scores_and_hold_more_of_the_top_k_than_th
 
 
 def test_a_reader_thread_never_sees_a_row_before_its_maps_are_written():
-    """The refresher scores on its own thread while the model thread adds items (mmrec.catalogue)."""
+    """One thread adds items while another reads them (mmrec.catalogue allows readers beside its one writer)."""
     import threading
 
     cat = Catalogue(VERSION)

@@ -5,9 +5,9 @@ race (the catalogue is not thread-safe for writers). They used to run on a threa
 that cost more than it saved: torch releases the GIL around every op, and a step's ~60 small ops
 each waited to get it back from the busy event loop (measured here: a step took 0.59 ms alone and
 3.2 ms beside a thread running Python, 5x). A batch of steps blocks the loop for tens of ms at most.
-Scoring reads the catalogue on the refresher's own thread (mmrec.catalogue publishes rows once
-written). The feature store's SQLite writes run on a store thread, and the CNN on its own extraction
-thread (it owns the CUDA context when there is one).
+Scoring runs there too (worker/refresh.py, for the same reason). The feature store's SQLite writes
+run on a store thread, and the CNN on its own extraction thread (it owns the CUDA context when there
+is one).
 """
 from __future__ import annotations
 

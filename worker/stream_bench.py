@@ -9,8 +9,9 @@ Measures, on the same broker in the same run:
   paced at `--rate` per second, and for each interaction the time from handing it to the producer to
   reading the recommendation it triggered on the output topic (matched by the trigger's event id);
   the sustained rate is the interactions answered per second while paced.
-If the worker cannot keep up at `--rate` (answers fall behind), lower rates are tried to find the
-sustainable one. The worker's CPU time per interaction and its resident memory are read from /proc.
+If the worker cannot keep up at `--rate` (answers fall behind), lower rates are tried, each on a
+fresh worker (a backlog carried over would sink them all), to find the sustainable one. The
+worker's CPU time per interaction and its resident memory are read from /proc.
 
 Tansu parks a fetch that finds no data for its full max wait, even when data arrives meanwhile
 (measured: a plain aiokafka round trip at 500/s takes p50 ~130 ms with aiokafka's default 500 ms
@@ -90,23 +91,18 @@ async def _main(args: argparse.Namespace) -> dict:
         floor = await _floor(broker.bootstrap, f"{settings.client_id}.floor", settings.partitions, args.rate, min(args.seconds, 10.0), args.fetch_wait_ms)
         floor_default = await _floor(broker.bootstrap, f"{settings.client_id}.floor-default", settings.partitions, args.rate, 5.0, None)
         roles = ("all",) if args.roles == "all" else ("learn", "score")
-        async with running_worker(settings, args.items, args.fetch_wait_ms, roles) as worker:
-            session = Session(settings, worker.media, args.users, args.fetch_wait_ms)
-            await session.start()
-            try:
-                await session.run(rate=50.0, seconds=3.0)  # warm-up: first calls, kernels, table files
-                runs = []
-                for rate in [args.rate, *args.fallback_rates]:
-                    cpu0 = worker.cpu_seconds()
-                    measured = await session.run(rate=rate, seconds=args.seconds)
-                    measured["worker_cpu_ms_per_event"] = 1e3 * (worker.cpu_seconds() - cpu0) / max(1, measured["sent"])
-                    measured["worker_rss_mb"] = worker.rss_mb()
-                    runs.append(measured)
-                    if measured["sustained"]:
-                        break
-            finally:
-                await session.stop()
-            metrics = worker.metrics()
+        runs: list[dict] = []
+        startup: tuple[float, float] | None = None  # the first worker's catalogue injection and readiness seconds
+        for rate in [args.rate, *args.fallback_rates]:  # each on a fresh worker: no backlog carried over
+            if runs:
+                settings = bench_settings(broker.bootstrap, folder / f"rate-{rate:g}", args.torch_threads)
+                await create_topics(settings)
+            async with running_worker(settings, args.items, args.fetch_wait_ms, roles) as worker:
+                measured, metrics = await _measure(settings, worker, rate, args)
+            runs.append(measured)
+            startup = startup or (worker.inject_s, worker.ready_s)
+            if measured["sustained"]:
+                break
     notes += remove_folder(folder, args.keep)
     target = runs[0]
     best = next((r for r in runs if r["sustained"]), None)
@@ -123,11 +119,26 @@ async def _main(args: argparse.Namespace) -> dict:
     config = {
         "users": args.users, "items": args.items, "item_kind": "concepts (synthetic)", "offered_rates": [r["offered_per_s"] for r in runs],
         "seconds_per_rate": args.seconds, **worker_config(settings, args.fetch_wait_ms), "role": "+".join(roles),
-        "catalogue_inject_s": worker.inject_s, "worker_ready_s": worker.ready_s, "N": 3, "m": 3, "d": 8, "input_size": 224, "device": "cpu",
+        "catalogue_inject_s": startup and startup[0], "worker_ready_s": startup and startup[1], "N": 3, "m": 3, "d": 8, "input_size": 224, "device": "cpu",
     }
     notes.append("latency: from handing an interaction to the producer to reading the recommendation it triggered (same process clock)")
     notes.append("sustained: answered >= 97% of offered and p99 under 1 s; the producer, consumer, broker and worker share the machine")
     return {"config": config, "figures": figures, "notes": notes}
+
+
+async def _measure(settings: Settings, worker: RunningWorker, rate: float, args: argparse.Namespace) -> tuple[dict, dict[str, float]]:
+    """A warm-up, then `rate` interactions/s for --seconds: the run's figures and the worker's metrics."""
+    session = Session(settings, worker.media, args.users, args.fetch_wait_ms)
+    await session.start()
+    try:
+        await session.run(rate=50.0, seconds=3.0)  # warm-up: first calls, kernels, table files
+        cpu0 = worker.cpu_seconds()
+        measured = await session.run(rate=rate, seconds=args.seconds)
+        measured["worker_cpu_ms_per_event"] = 1e3 * (worker.cpu_seconds() - cpu0) / max(1, measured["sent"])
+        measured["worker_rss_mb"] = worker.rss_mb()
+    finally:
+        await session.stop()
+    return measured, worker.metrics()
 
 
 def bench_settings(bootstrap: str, folder: Path, torch_threads: int) -> Settings:
