@@ -72,6 +72,7 @@ def rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
             ("update", "steps/s (one thread)", _num(event.get("per_s")), "", ""),
             ("update", "autograd baseline click, p50 / p99 ms", f"{_num(_get(f, 'autograd_event', 'p50_ms'))} / {_num(_get(f, 'autograd_event', 'p99_ms'))}", "", ""),
             ("update", "speedup vs autograd (p50)", _num(f.get("speedup_p50_vs_autograd")), "", ""),
+            ("update", f"click in batches of {update['config'].get('batch')} (the learn agent's): p50 ms per event; speedup", f"{_num(_get(f, 'event_batched', 'per_event_p50_ms'))}; {_num(f.get('batched_speedup_p50'))}", "", ""),
         ]
     for extract in by.get("extract", []):
         for key, value in extract["figures"].items():
