@@ -5,17 +5,18 @@ Loss for a user with offsets delta over the event's examples (the engaged item, 
 negatives, ...):
     L(delta) = sum_k w_k * BCE(score_k, y_k) / sum_k w_k + l2 / 2 * ||delta||^2
 
-The step's gradient is computed in closed form (`loss_and_grad_many`): one user against a handful of
-items is far too small for autograd's graph to pay off (building and walking it cost more than the
-arithmetic), and even the closed form's time is mostly the fixed cost of each torch op, so the
+The step's gradient is computed in closed form (`loss_and_grad_many`): one user against a handful
+of items is far too small for autograd's graph to pay off (building and walking it cost more than
+the arithmetic), and even the closed form's time is mostly the fixed cost of each torch op, so the
 events of U different users (`step_many`) and all N layers run as one batch of U N (user, layer)
-planes, and one event is the batch of U = 1: every layer's maps sit top-left in one zero frame (`_Frame`: the largest
-grid plus m//2 zero rows and columns, in whole pooling windows). Planes are laid out flat, so a
+planes, one event being the batch of U = 1: every layer's maps sit top-left in one zero frame
+(`_Frame`: the largest grid plus m//2 zero rows and columns, in whole pooling windows). Planes are laid out flat, so a
 kernel's 'same' neighbourhoods are m^2 shifted copies of them (shifts: `_shifted`, the zero margins the
 padding). A layer's outputs outside its own grid are masked out of the max pool and its pooled
 positions out of the softmax; the mean pool's windows that its edge clips (ceil mode) are rescaled.
-Shapes below (per user; the batch adds a leading U): B examples, N layers, frame (H, W) with pooled frame (h, w), kernel width m, per layer
-j channel factor c_j, kernels K_j and Q_j, attention channels g_j, fusion weight r_j.
+Shapes below (per user; the batch adds a leading U): B examples, N layers, frame (H, W) with pooled
+frame (h, w), kernel width m, per layer j channel factor c_j, kernels K_j and Q_j, attention
+channels g_j, fusion weight r_j.
 
     forward (spanning)                                backward (g = dL/dscore, (B,))
     F = the frame of the maps  (N, d, B H W)          F (*) (c outer K) = (c . F) (*) K
@@ -210,11 +211,12 @@ class _Frame:
     one batch: constants for one list of grids (H_j, W_j), a kernel width m, a pool p and a dtype.
 
     (H, W): the largest grid plus m//2 zero rows and columns, rounded up to whole pooling windows,
-    so that every layer's grid and pooled grid has the zero margin `_shifted` needs; (h, w) = (H/p, W/p),
-    grown (fewest extra positions) until h w is a multiple of _ALIGN floats, so that each (user, layer)
-    block of a batch sits at the same offset from torch's vector width as it does alone and the
-    vectorised contractions sum a user's numbers in the same order (measured: without it a batched
-    step's attention gradient differed from the step alone in the last bits for 5 x 5 pooled grids).
+    so that every layer's grid and pooled grid has the zero margin `_shifted` needs; (h, w) =
+    (H/p, W/p), grown (fewest extra positions) until h w is a multiple of _ALIGN floats, so that each
+    (user, layer) block of a batch sits at the same offset from torch's vector width as it does alone
+    and the vectorised contractions sum a user's numbers in the same order (measured: without it a
+    batched step's attention gradient differed from the step alone in the last bits for 5 x 5
+    pooled grids).
     inverse_size  (N,)           1 / (H_j W_j), for the spatial means
     outside       (N, 1, H, W)   True outside layer j's grid (its conv outputs there are masked)
     pool_scale    (N, 1, h, w)   frame window size / layer window size (ceil mode clips the layer's
@@ -289,7 +291,8 @@ class _Frame:
             coarse = (coarse.view(users, n_layers, b, h // p, w // p) * self.pool_scale).view(un, b, h // p, w // p)
         coarse = _shifted(coarse.reshape(un, -1), m, w // p)  # (U N, m^2, B h w)
         second = torch.bmm(params.attention.reshape(un, 1, -1), coarse).view(users, n_layers, b, -1)
-        weights = torch.softmax((second + self.pool_outside).double(), dim=-1).to(second.dtype).view(un, b, -1)  # (U N, B, h w); float64: see objective_loss
+        # (U N, B, h w); in float64 for the reason objective_loss gives
+        weights = torch.softmax((second + self.pool_outside).double(), dim=-1).to(second.dtype).view(un, b, -1)
         pooled = pooled.view(un, b, -1)
         o = (weights * pooled).sum(dim=2)  # (U N, B)
         visual = planes[:, -1].reshape(un, b, -1).sum(dim=2)  # (U N, B)
