@@ -33,8 +33,8 @@ from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# Pairs scored exactly per refresh call (~10-30 ms on one core): at the default shortlist of 200,
-# about 20 users.
+# Pairs scored exactly per refresh call (~10-50 ms on one core): at the default shortlist of 160,
+# 25 users.
 _PAIRS_PER_BATCH = 4096
 
 

@@ -103,11 +103,6 @@ def create_worker(settings: Settings, metrics: Metrics | None = None, *, web_ena
             refresher = Refresher(runtime, topics.recommendations)
             listeners.append(refresher.on_new_items)
             app.task(refresher.run)
-            closing = refresher
-
-            @app.on_before_shutdown.connect
-            async def stop_publishing(sender: faust.App, **_: object) -> None:
-                closing.close()
         if role in LEARNING:
             assert tables is not None
             # In `all`, a changed state is scored right here; in `learn`, it goes to the score role.
@@ -132,5 +127,9 @@ def create_worker(settings: Settings, metrics: Metrics | None = None, *, web_ena
             @app.on_partitions_revoked.connect
             async def forget_revoked(sender: faust.App, revoked: set[TP], **_: object) -> None:
                 active.forget({tp.partition for tp in revoked if tp.topic == users_topic})
+
+            @app.on_before_shutdown.connect
+            async def stop_publishing(sender: faust.App, **_: object) -> None:
+                active.close()
 
     return Worker(app=app, topics=topics, tables=tables, runtime=runtime, metrics=metrics, health=health, catalogue=sync)

@@ -118,7 +118,7 @@ async def _main(args: argparse.Namespace) -> dict:
     }
     config = {
         "users": args.users, "items": args.items, "item_kind": "concepts (synthetic)", "offered_rates": [r["offered_per_s"] for r in runs],
-        "seconds_per_rate": args.seconds, **worker_config(settings, args.fetch_wait_ms), "role": "+".join(roles),
+        "seconds_per_rate": args.seconds, **worker_config(settings, args.fetch_wait_ms, roles),
         "catalogue_inject_s": startup and startup[0], "worker_ready_s": startup and startup[1], "N": 3, "m": 3, "d": 8, "input_size": 224, "device": "cpu",
     }
     notes.append("latency: from handing an interaction to the producer to reading the recommendation it triggered (same process clock)")
@@ -167,10 +167,10 @@ def bench_settings(bootstrap: str, folder: Path, torch_threads: int) -> Settings
     )
 
 
-def worker_config(settings: Settings, wait_ms: int) -> dict:
+def worker_config(settings: Settings, wait_ms: int, roles: Sequence[str] = ("all",)) -> dict:
     """The worker's settings a benchmark result names."""
     return {
-        "role": "all", "partitions": settings.partitions, "table_store": settings.table_store, "top_k": settings.top_k,
+        "role": "+".join(roles), "partitions": settings.partitions, "table_store": settings.table_store, "top_k": settings.top_k,
         "refresh_debounce_ms": settings.refresh_debounce_ms, "retrieval": settings.retrieval,
         "shortlist": settings.retrieval_config().shortlist_size(settings.top_k), "worker_torch_threads": settings.torch_threads,
         "producer_max_batch_size": settings.producer_max_batch_size, "producer_linger_ms": settings.producer_linger_ms,
