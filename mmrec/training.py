@@ -8,6 +8,16 @@ Fits, on the same loss as the online step, by Adam over shuffled minibatches of 
 with L2 on the offsets (the pull toward the prior that lets a user with few events borrow from the
 mean user) and on the item residuals and factors.
 
+Item memory first (hybrid extension, `memory_epochs` > 0): the item memory (global bias, item bias
+residuals b_x, user and item factors p, q) is first fitted alone, as a matrix factorisation on
+the same loss, then everything is fitted together from there. Fitted together from the start, the
+visual part, which every example moves, explains most training engagements before the sparsely
+updated item factors learn (docs/visual-taste.md, "Closing the gap to VBPR").
+
+Modality dropout (hybrid extension, `modality_dropout` = rho): in the joint epochs, a fraction rho
+of the examples leaves the item memory (b_x + p . q) out of the score and another rho its visual
+part, so that each part also learns to rank alone; the score served is always the sum.
+
 Objectives (ModelConfig.objective): "pointwise", the faithful model's, is weighted BCE over every
 event, each positive event also teaching against uniformly sampled items (label 0); "pairwise"
 (BPR, the hybrid extension's) ranks each engaged item above uniformly sampled ones, weighted by the
@@ -15,6 +25,7 @@ event's label x weight, and learns nothing from skips, dislikes and impressions.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +50,15 @@ class TrainConfig:
     item_l2: float = 1e-4  # on an item's bias residual, per example
     factor_l2: float = 1e-4  # on an item's collaborative factors (hybrid extension), per example
     negatives: int = 4  # sampled items per positive event
+    memory_epochs: int = 0  # epochs of the item memory alone before the joint ones (hybrid extension)
+    modality_dropout: float = 0.0  # rho of the module docstring (hybrid extension), in [0, 0.5]
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.modality_dropout <= 0.5:
+            raise ValueError(f"modality_dropout must be in [0, 0.5], got {self.modality_dropout}")
+        if self.memory_epochs < 0:
+            raise ValueError(f"memory_epochs must be >= 0, got {self.memory_epochs}")
 
 
 class PatentModel(nn.Module):
@@ -78,6 +97,18 @@ class PatentModel(nn.Module):
         return pair_scores(
             params, catalogue.float_maps(items), self.item_bias[items], self._shared_live(), self.cfg, self.item_factors[items]
         )
+
+    def memory_logits(self, users: Tensor, items: Tensor, catalogue: Catalogue) -> Tensor:
+        """The item memory's part of pair_logits, (B,): global bias + b_x + p_u . q_x (catalogue unused)."""
+        collab = self.layout.slices["collab"]
+        p = self.prior[collab] + self.users(users)[:, collab]
+        return self.global_bias + self.item_bias[items] + (p * self.item_factors[items]).sum(dim=1)
+
+    def pair_parts(self, users: Tensor, items: Tensor, catalogue: Catalogue) -> tuple[Tensor, Tensor]:
+        """pair_logits as two (B,) parts that sum to it: (visual, memory), memory = b_x + p_u . q_x
+        (what an item never seen in training lacks)."""
+        memory = self.memory_logits(users, items, catalogue) - self.global_bias
+        return self.pair_logits(users, items, catalogue) - memory, memory
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor, catalogue: Catalogue, chunk: int = 1024) -> Tensor:
@@ -128,15 +159,38 @@ def pairwise_examples(log: InteractionLog, negatives: int, gen: torch.Generator)
 
 
 def fit(model: PatentModel, log: InteractionLog, catalogue: Catalogue, config: TrainConfig, progress: bool = True) -> list[float]:
-    """Train in place on `log` (item indices are catalogue rows); returns the mean loss per epoch."""
+    """Train in place on `log` (item indices are catalogue rows); returns the mean loss per epoch,
+    the item memory's stage first (config.memory_epochs, module docstring)."""
+    if model.cfg.objective == "pairwise" and config.negatives < 1:
+        raise ValueError("the pairwise objective needs negatives >= 1")
+    if (config.memory_epochs or config.modality_dropout) and not model.cfg.collab_dim:
+        raise ValueError("memory_epochs and modality_dropout need the hybrid extension's item memory (collab_dim > 0)")
+    history = _fit_stage(model, model.memory_logits, log, catalogue, config, config.memory_epochs, 0.0, "memory epoch", progress)
+    return history + _fit_stage(model, model.pair_logits, log, catalogue, config, config.epochs, config.modality_dropout, "epoch", progress)
+
+
+Logits = Callable[[Tensor, Tensor, Catalogue], Tensor]
+
+
+def _fit_stage(
+    model: PatentModel,
+    logits_of: Logits,
+    log: InteractionLog,
+    catalogue: Catalogue,
+    config: TrainConfig,
+    epochs: int,
+    dropout: float,
+    label: str,
+    progress: bool,
+) -> list[float]:
+    """`epochs` epochs of Adam on the loss with these logits (modality dropout rate `dropout`), from a
+    fresh optimiser and generator."""
     gen = torch.Generator().manual_seed(config.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     weights = FeedbackWeights()
     pairwise = model.cfg.objective == "pairwise"
-    if pairwise and config.negatives < 1:
-        raise ValueError("the pairwise objective needs negatives >= 1")
     history = []
-    for epoch in range(config.epochs):
+    for epoch in range(epochs):
         if pairwise:
             users, items, sampled, example_weights = pairwise_examples(log, config.negatives, gen)
         else:
@@ -144,18 +198,21 @@ def fit(model: PatentModel, log: InteractionLog, catalogue: Catalogue, config: T
         order = torch.randperm(len(users), generator=gen)
         total, seen = 0.0, 0
         batches = range(0, len(order), config.batch_size)
-        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False):
+        for start in tqdm(batches, desc=f"{label} {epoch + 1}/{epochs}", disable=not progress, leave=False):
             index = order[start : start + config.batch_size]
             u, i, w = users[index], items[index], example_weights[index]
             if pairwise:
                 j = sampled[index]  # (B, K)
                 k = j.shape[1]
-                logits = model.pair_logits(torch.cat([u, u.repeat_interleave(k)]), torch.cat([i, j.reshape(-1)]), catalogue)
+                keep = _modality_masks(len(u), dropout, gen)
+                if keep is not None:  # an engagement and its sampled items share their example's masks
+                    keep = (torch.cat([keep[0], keep[0].repeat_interleave(k)]), torch.cat([keep[1], keep[1].repeat_interleave(k)]))
+                logits = _logits(model, logits_of, torch.cat([u, u.repeat_interleave(k)]), torch.cat([i, j.reshape(-1)]), catalogue, keep)
                 margins = logits[len(u) :].view(-1, k) - logits[: len(u), None]  # (B, K)
                 data = (F.softplus(margins).mean(dim=1) * w).sum() / w.sum()
                 touched = torch.cat([i, j.reshape(-1)])
             else:
-                logits = model.pair_logits(u, i, catalogue)
+                logits = _logits(model, logits_of, u, i, catalogue, _modality_masks(len(u), dropout, gen))
                 data = (F.binary_cross_entropy_with_logits(logits, labels[index], reduction="none") * w).sum() / w.sum()
                 touched = i
             squares = model.users(u).square()
@@ -173,8 +230,25 @@ def fit(model: PatentModel, log: InteractionLog, catalogue: Catalogue, config: T
             seen += len(index)
         history.append(total / max(seen, 1))
         if progress:
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]:.4f}")
+            tqdm.write(f"{label} {epoch + 1}/{epochs}: loss {history[-1]:.4f}")
     return history
+
+
+def _modality_masks(count: int, rate: float, gen: torch.Generator) -> tuple[Tensor, Tensor] | None:
+    """Per example (count,) float masks (keep visual, keep memory), None when rate is 0: a fraction
+    `rate` drops the visual part, another `rate` the memory, the rest keeps both."""
+    if not rate:
+        return None
+    draw = torch.rand(count, generator=gen)
+    return (draw >= rate).float(), (draw < 1.0 - rate).float()
+
+
+def _logits(model: PatentModel, logits_of: Logits, users: Tensor, items: Tensor, catalogue: Catalogue, keep: tuple[Tensor, Tensor] | None) -> Tensor:
+    """(B,) training logits: logits_of's, or with keep = (visual, memory) masks the masked sum of pair_parts."""
+    if keep is None:
+        return logits_of(users, items, catalogue)
+    visual, memory = model.pair_parts(users, items, catalogue)
+    return visual * keep[0] + memory * keep[1]
 
 
 def seen_items(log: InteractionLog) -> np.ndarray:

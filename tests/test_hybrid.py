@@ -226,3 +226,104 @@ def test_artifact_round_trip_with_item_factors(tmp_path):
     loaded = load_artifact(tmp_path / "m.safetensors", expected_sha256=digest)
     assert loaded.cfg == cfg
     torch.testing.assert_close(loaded.item_factors, artifact.item_factors)
+
+
+def test_memory_logits_are_the_item_memory_part_of_the_score():
+    catalogue, log = co_engagement_log()
+    model = PatentModel(HYBRID, log.num_users, log.num_items)
+    with torch.no_grad():
+        model.item_bias.normal_()
+        model.users.collab.weight.normal_()
+    users, items = torch.arange(10), torch.arange(10, 20)
+    params = model.layout.split(model.prior + model.users(users))
+    expected = model.global_bias + model.item_bias[items] + (params.collab * model.item_factors[items]).sum(dim=1)
+    assert torch.allclose(model.memory_logits(users, items, catalogue), expected, atol=1e-6)
+
+
+def test_the_memory_stage_moves_the_item_memory_only():
+    catalogue, log = co_engagement_log()
+    model = PatentModel(HYBRID, log.num_users, log.num_items)
+    visual = {name: p.detach().clone() for name, p in model.named_parameters() if name in ("attention_channels", "visual_bias")}
+    interest = model.users.interest.weight.detach().clone()
+    factors = model.item_factors.detach().clone()
+    history = fit(model, log, catalogue, TrainConfig(epochs=0, memory_epochs=2, batch_size=128, learning_rate=0.05), progress=False)
+    assert len(history) == 2
+    assert not torch.equal(model.item_factors, factors) and float(model.users.collab.weight.detach().abs().sum()) > 0
+    assert torch.equal(model.users.interest.weight, interest)
+    assert all(torch.equal(getattr(model, name), before) for name, before in visual.items())
+
+
+def test_the_memory_stage_needs_the_hybrid_extension():
+    catalogue, log = co_engagement_log()
+    with pytest.raises(ValueError, match="collab_dim"):
+        fit(PatentModel(ModelConfig(), log.num_users, log.num_items), log, catalogue, TrainConfig(memory_epochs=1), progress=False)
+
+
+def test_the_hybrid_fitted_memory_first_learns_co_engagement():
+    torch.manual_seed(0)
+    catalogue, log = co_engagement_log()
+    model = PatentModel(HYBRID, log.num_users, log.num_items)
+    history = fit(model, log, catalogue, TrainConfig(epochs=4, memory_epochs=4, batch_size=128, learning_rate=0.05, user_l2=1e-4), progress=False)
+    assert len(history) == 8
+    scores = model.scores(torch.arange(log.num_users), torch.arange(log.num_items), catalogue)
+    mine = (torch.arange(log.num_items)[None, :] % 2) == (torch.arange(log.num_users)[:, None] % 2)
+    pos, neg = scores[mine].view(log.num_users, -1), scores[~mine].view(log.num_users, -1)
+    assert float((pos[:, :, None] > neg[:, None, :]).double().mean()) > 0.95
+
+
+def test_pair_parts_split_the_logit_into_visual_and_item_memory():
+    catalogue, log = co_engagement_log()
+    model = PatentModel(HYBRID, log.num_users, log.num_items)
+    with torch.no_grad():
+        model.item_bias.normal_()
+        model.users.collab.weight.normal_()
+    users, items = torch.arange(10), torch.arange(10, 20)
+    visual, memory = model.pair_parts(users, items, catalogue)
+    assert torch.allclose(visual + memory, model.pair_logits(users, items, catalogue), atol=1e-5)
+    params = model.layout.split(model.prior + model.users(users))
+    assert torch.allclose(memory, model.item_bias[items] + (params.collab * model.item_factors[items]).sum(dim=1), atol=1e-6)
+    with torch.no_grad():  # an item never trained on has no memory: its logit is the visual part alone
+        model.item_bias.zero_()
+        model.item_factors.zero_()
+    visual_alone, memory = model.pair_parts(users, items, catalogue)
+    assert torch.equal(memory, torch.zeros(10)) and torch.allclose(visual_alone, visual, atol=1e-5)
+
+
+def test_modality_dropout_trains_each_part_alone_in_its_share_of_examples():
+    from mmrec.training import _logits, _modality_masks
+
+    keep_visual, keep_memory = _modality_masks(100_000, 0.25, torch.Generator().manual_seed(0))
+    assert bool(((keep_visual + keep_memory) >= 1).all())  # never both left out
+    assert abs(float((keep_visual == 0).float().mean()) - 0.25) < 0.01
+    assert abs(float((keep_memory == 0).float().mean()) - 0.25) < 0.01
+    assert _modality_masks(10, 0.0, torch.Generator()) is None
+
+    catalogue, log = co_engagement_log()
+    model = PatentModel(HYBRID, log.num_users, log.num_items)
+    users, items = torch.arange(8), torch.arange(8)
+    for keep, moved, still in (((0.0, 1.0), model.item_bias, model.visual_bias), ((1.0, 0.0), model.visual_bias, model.item_bias)):
+        model.zero_grad()
+        masks = (torch.full((8,), keep[0]), torch.full((8,), keep[1]))
+        _logits(model, model.pair_logits, users, items, catalogue, masks).sum().backward()
+        assert float(moved.grad.abs().sum()) > 0
+        assert still.grad is None or float(still.grad.abs().sum()) == 0
+
+
+def test_modality_dropout_is_checked():
+    with pytest.raises(ValueError, match="modality_dropout"):
+        TrainConfig(modality_dropout=0.6)
+    catalogue, log = co_engagement_log()
+    with pytest.raises(ValueError, match="collab_dim"):
+        fit(PatentModel(ModelConfig(), log.num_users, log.num_items), log, catalogue, TrainConfig(modality_dropout=0.2), progress=False)
+
+
+def test_the_hybrid_with_both_options_still_learns_co_engagement():
+    torch.manual_seed(0)
+    catalogue, log = co_engagement_log()
+    model = PatentModel(HYBRID, log.num_users, log.num_items)
+    config = TrainConfig(epochs=6, memory_epochs=2, modality_dropout=0.25, batch_size=128, learning_rate=0.05, user_l2=1e-4)
+    fit(model, log, catalogue, config, progress=False)
+    scores = model.scores(torch.arange(log.num_users), torch.arange(log.num_items), catalogue)
+    mine = (torch.arange(log.num_items)[None, :] % 2) == (torch.arange(log.num_users)[:, None] % 2)
+    pos, neg = scores[mine].view(log.num_users, -1), scores[~mine].view(log.num_users, -1)
+    assert float((pos[:, :, None] > neg[:, None, :]).double().mean()) > 0.9

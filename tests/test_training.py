@@ -90,6 +90,8 @@ def test_train_then_score_end_to_end(tiny: Path, tmp_path: Path, monkeypatch: py
     first = [float(r["score"]) for r in csv.DictReader(top.open()) if r["user_id"] == artifact.user_ids[0]]
     assert len(first) == 3 and first == sorted(first, reverse=True)
     assert main(["score", "--model", str(tmp_path / "missing.safetensors"), "--media", str(tiny / "media"), "--out", str(top)]) == 2
+    assert main(["train", str(tiny), "--out", str(model), "--memory-epochs", "1"]) == 2  # the faithful model has no item memory
+    assert main(["train", str(tiny), "--out", str(model), "--modality-dropout", "0.7"]) == 2
 
 
 def test_train_then_score_the_hybrid_extension(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -100,9 +102,10 @@ def test_train_then_score_the_hybrid_extension(tiny: Path, tmp_path: Path, monke
     monkeypatch.setenv("MMREC_COLLAB_DIM", "4")
     monkeypatch.setenv("MMREC_OBJECTIVE", "pairwise")
     model = tmp_path / "model.safetensors"
-    assert main(["train", str(tiny), "--out", str(model), "--epochs", "2", "--negatives", "8"]) == 0
+    assert main(["train", str(tiny), "--out", str(model), "--epochs", "2", "--negatives", "8", "--memory-epochs", "1", "--modality-dropout", "0.25"]) == 0
     artifact = load_artifact(model)
-    assert artifact.cfg.collab_dim == 4 and artifact.cfg.objective == "pairwise"
+    assert artifact.cfg.collab_dim == 4 and artifact.cfg.objective == "pairwise" and artifact.notes["memory_epochs"] == "1"
+    assert artifact.notes["modality_dropout"] == "0.25"
     assert artifact.item_factors.shape == (len(artifact.item_ids), 4) and artifact.item_factors.abs().sum() > 0
     assert artifact.user_offsets[:, ParamLayout(artifact.cfg).slices["collab"]].abs().sum() > 0
     (tmp_path / "users.txt").write_text(f"{artifact.user_ids[0]}\n")

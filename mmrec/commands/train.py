@@ -38,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negatives", type=int, default=defaults.negatives, help="items sampled against each engagement")
     parser.add_argument("--collab-l2", type=float, default=defaults.collab_l2, help="L2 on the users' collaborative factors (MMREC_COLLAB_DIM > 0)")
     parser.add_argument("--factor-l2", type=float, default=defaults.factor_l2, help="L2 on the items' collaborative factors (MMREC_COLLAB_DIM > 0)")
+    parser.add_argument(
+        "--memory-epochs", type=int, default=defaults.memory_epochs,
+        help="epochs that fit the item memory (biases, collaborative factors) alone first (MMREC_COLLAB_DIM > 0; docs/design.md)",
+    )
+    parser.add_argument(
+        "--modality-dropout", type=float, default=defaults.modality_dropout,
+        help="fraction of examples that leave out the item memory, and of those that leave out the visual part, in [0, 0.5] (MMREC_COLLAB_DIM > 0)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--cache", type=Path, help="feature cache root (default <data_dir>/evaluation)")
 
@@ -54,6 +62,12 @@ def load_data(args: argparse.Namespace, settings: Settings) -> EvaluationData:
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings()
+    if args.memory_epochs < 0 or not 0.0 <= args.modality_dropout <= 0.5:
+        print("mmrec train: --memory-epochs must be >= 0 and --modality-dropout in [0, 0.5]", file=sys.stderr)
+        return 2
+    if (args.memory_epochs or args.modality_dropout) and not settings.collab_dim:
+        print("mmrec train: --memory-epochs and --modality-dropout need the hybrid extension (MMREC_COLLAB_DIM > 0)", file=sys.stderr)
+        return 2
     try:
         data = load_data(args, settings)
         catalogue = data.catalogue()
@@ -67,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         collab_l2=args.collab_l2,
         factor_l2=args.factor_l2,
         negatives=args.negatives,
+        memory_epochs=args.memory_epochs,
+        modality_dropout=args.modality_dropout,
         seed=args.seed,
     )
     cfg = settings.scorer_config()
@@ -90,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             "data": data.name,
             "events": str(len(log)),
             "epochs": str(config.epochs),
+            "memory_epochs": str(config.memory_epochs),
+            "modality_dropout": str(config.modality_dropout),
             "final_loss": f"{history[-1]:.5f}",
             "trained_at": datetime.now(timezone.utc).isoformat(),
         },
