@@ -111,8 +111,16 @@ HYBRID_SPEC = RankerSpec(
     name="mmrec-hybrid",
     build=build,
     grid=grid(
-        channels=(8, 16), collab_dim=(64,), objective=("pairwise",), negatives=(32,), user_l2=(1e-2,), collab_l2=(1e-2,), learning_rate=(0.01,)
+        channels=(8,),
+        collab_dim=(64,),
+        objective=("pairwise",),
+        negatives=(32,),
+        user_l2=(1e-2,),
+        collab_l2=(1e-2,),
+        learning_rate=(0.01,),
+        memory_epochs=(8,),
+        modality_dropout=(0.25,),
     ),
     requires=frozenset({"media"}),
-    description="the hybrid extension: the patent model + collaborative factors, pairwise objective (docs/design.md)",
+    description="the hybrid extension: the patent model + collaborative factors, pairwise objective, item memory fitted first, modality dropout (docs/design.md)",
 )
