@@ -206,8 +206,8 @@ def _fit_stage(
                 k = j.shape[1]
                 keep = _modality_masks(len(u), dropout, gen)
                 if keep is not None:  # an engagement and its sampled items share their example's masks
-                    keep = (torch.cat([keep[0], keep[0].repeat_interleave(k)]), torch.cat([keep[1], keep[1].repeat_interleave(k)]))
-                logits = _logits(model, logits_of, torch.cat([u, u.repeat_interleave(k)]), torch.cat([i, j.reshape(-1)]), catalogue, keep)
+                    keep = (_with_sampled(keep[0], k), _with_sampled(keep[1], k))
+                logits = _logits(model, logits_of, _with_sampled(u, k), torch.cat([i, j.reshape(-1)]), catalogue, keep)
                 margins = logits[len(u) :].view(-1, k) - logits[: len(u), None]  # (B, K)
                 data = (F.softplus(margins).mean(dim=1) * w).sum() / w.sum()
                 touched = torch.cat([i, j.reshape(-1)])
@@ -232,6 +232,11 @@ def _fit_stage(
         if progress:
             tqdm.write(f"{label} {epoch + 1}/{epochs}: loss {history[-1]:.4f}")
     return history
+
+
+def _with_sampled(per_example: Tensor, k: int) -> Tensor:
+    """(B,) -> (B + B k,): each example's value for its engagement, then for its k sampled items."""
+    return torch.cat([per_example, per_example.repeat_interleave(k)])
 
 
 def _modality_masks(count: int, rate: float, gen: torch.Generator) -> tuple[Tensor, Tensor] | None:

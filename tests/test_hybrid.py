@@ -229,18 +229,6 @@ def test_artifact_round_trip_with_item_factors(tmp_path):
     torch.testing.assert_close(loaded.item_factors, artifact.item_factors)
 
 
-def test_memory_logits_are_the_item_memory_part_of_the_score():
-    catalogue, log = co_engagement_log()
-    model = PatentModel(HYBRID, log.num_users, log.num_items)
-    with torch.no_grad():
-        model.item_bias.normal_()
-        model.users.collab.weight.normal_()
-    users, items = torch.arange(10), torch.arange(10, 20)
-    params = model.layout.split(model.prior + model.users(users))
-    expected = model.global_bias + model.item_bias[items] + (params.collab * model.item_factors[items]).sum(dim=1)
-    assert torch.allclose(model.memory_logits(users, items, catalogue), expected, atol=1e-6)
-
-
 def test_the_memory_stage_moves_the_item_memory_only():
     catalogue, log = co_engagement_log()
     model = PatentModel(HYBRID, log.num_users, log.num_items)
@@ -264,17 +252,19 @@ def test_the_hybrid_fitted_memory_first_learns_co_engagement():
     assert group_auc(HYBRID, TrainConfig(epochs=4, memory_epochs=4, batch_size=128, learning_rate=0.05, user_l2=1e-4)) > 0.95
 
 
-def test_pair_parts_split_the_logit_into_visual_and_item_memory():
+def test_memory_logits_and_pair_parts_split_the_logit_into_visual_and_item_memory():
     catalogue, log = co_engagement_log()
     model = PatentModel(HYBRID, log.num_users, log.num_items)
     with torch.no_grad():
         model.item_bias.normal_()
         model.users.collab.weight.normal_()
     users, items = torch.arange(10), torch.arange(10, 20)
+    params = model.layout.split(model.prior + model.users(users))
+    expected = model.item_bias[items] + (params.collab * model.item_factors[items]).sum(dim=1)
+    assert torch.allclose(model.memory_logits(users, items, catalogue), model.global_bias + expected, atol=1e-6)
     visual, memory = model.pair_parts(users, items, catalogue)
     assert torch.allclose(visual + memory, model.pair_logits(users, items, catalogue), atol=1e-5)
-    params = model.layout.split(model.prior + model.users(users))
-    assert torch.allclose(memory, model.item_bias[items] + (params.collab * model.item_factors[items]).sum(dim=1), atol=1e-6)
+    assert torch.allclose(memory, expected, atol=1e-6)
     with torch.no_grad():  # an item never trained on has no memory: its logit is the visual part alone
         model.item_bias.zero_()
         model.item_factors.zero_()
