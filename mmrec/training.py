@@ -185,6 +185,8 @@ def _fit_stage(
 ) -> list[float]:
     """`epochs` epochs of Adam on the loss with these logits (modality dropout rate `dropout`), from a
     fresh optimiser and generator."""
+    if not epochs:
+        return []
     gen = torch.Generator().manual_seed(config.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     weights = FeedbackWeights()

@@ -13,6 +13,7 @@ from torch import Tensor
 from mmrec.cli import main
 from mmrec.datasets.visual_taste import TINY, generate
 from mmrec.evaluation import registry
+from mmrec.evaluation.data import EvaluationData
 from mmrec.evaluation.features import MediaFailures, cached_features
 from mmrec.evaluation.protocol import RankerSpec
 from mmrec.evaluation.runner import prequential, rank_task
@@ -22,6 +23,7 @@ from mmrec.features import FeatureVersion, ItemFeatures
 from mmrec.feedback import EventKind
 from mmrec.interaction_log import EVENT_KINDS, Event, InteractionLog, MediaIndex
 from mmrec.media import CorruptMedia
+from mmrec.settings import Settings
 
 needs_fashion_mnist = pytest.mark.usefixtures("fashion_mnist")
 
@@ -197,3 +199,19 @@ def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path
     assert "\nvbpr " in capsys.readouterr().out
     assert main(["evaluate", "--interactions", str(tiny / "interactions.csv"), "--media", str(tiny / "media"), "--rankers", "oracle"]) == 2
     assert "lacks what these rankers need: {'oracle': ['truth']}" in capsys.readouterr().err
+
+
+@needs_fashion_mnist
+def test_each_channel_count_has_its_own_feature_cache(tiny: Path, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "var", device="cpu", input_size=64)
+    cache = tmp_path / "cache"
+    data = EvaluationData.from_folder(tiny, settings, cache)
+    default, narrow = data.catalogue(), data.catalogue(4)
+    assert [m.shape[1] for m in default.float_maps(slice(0, 1))] == [settings.channels] * settings.n_layers
+    assert [m.shape[1] for m in narrow.float_maps(slice(0, 1))] == [4] * settings.n_layers
+    assert default.version != narrow.version and data.catalogue(4) is narrow
+    files = {p.name: p.stat().st_mtime_ns for p in cache.rglob("*.sqlite3")}
+    assert sorted(files) == ["maps-d4.sqlite3", "maps.sqlite3"]
+    again = EvaluationData.from_folder(tiny, settings, cache).catalogue(4)  # read back, not extracted again
+    assert all(torch.equal(a, b) for a, b in zip(narrow.float_maps(), again.float_maps()))
+    assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("*.sqlite3")} == files
