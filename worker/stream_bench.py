@@ -55,7 +55,7 @@ _TICK_S = 0.005  # the paced producer sends what is due every tick
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="interactions per second offered")
     parser.add_argument("--seconds", type=float, default=30.0, help="paced duration at each rate")
-    parser.add_argument("--fallback-rates", type=float, nargs="*", default=[300.0, 150.0], help="tried in order when --rate is not sustained")
+    parser.add_argument("--fallback-rates", type=float, nargs="*", default=[300.0, 150.0, 100.0], help="tried in order when --rate is not sustained")
     parser.add_argument(
         "--roles", choices=["all", "split"], default="all",
         help="all: one worker process (role all); split: a learn process and a score process, as deploy/kubernetes runs them",
