@@ -13,7 +13,7 @@ import sys
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("mmrec.commands.extract", "extract and store CNN feature maps of images and videos"),
-    "fit-projection": ("mmrec.commands.fit_projection", "fit the per-layer PCA channel projection (rebuilds the shipped default)"),
+    "fit-projection": ("mmrec.commands.fit_projection", "fit the per-layer PCA channel projection (rebuilds the shipped default, or fits one on your media)"),
     "demo": ("worker.demo", "the streaming path end to end on the embedded default broker"),
     "demo-offline": ("mmrec.commands.demo_offline", "the model end to end on bundled media, without Kafka"),
     "schemas": ("mmrec.commands.schemas", "write or check the JSON Schemas of the topic messages"),

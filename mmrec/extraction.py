@@ -44,9 +44,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def settings_projection(settings: Settings) -> Projection:
+    """The projection the settings name (MMREC_PROJECTION_PATH), or the shipped one."""
+    return Projection.load(settings.projection_path or default_projection_path())
+
+
 def feature_version(settings: Settings, projection: Projection | None = None) -> FeatureVersion:
     """The FeatureVersion an extractor with these settings produces, without loading the CNN."""
-    projection = projection or Projection.load(default_projection_path())
+    projection = projection or settings_projection(settings)
     return FeatureVersion(backbone_id(default_taps(settings.n_layers), settings.input_size), projection.version(settings.channels))
 
 
@@ -89,7 +94,7 @@ class FeatureExtractor:
         if backbone.taps != self.taps:
             raise ValueError(f"backbone taps {backbone.taps} != {self.taps} for n_layers={settings.n_layers}")
         self.backbone = backbone.to(self.device, memory_format=torch.channels_last)
-        projection = projection or Projection.load(default_projection_path())
+        projection = projection or settings_projection(settings)
         if projection.meta.get("weights") != WEIGHTS_NAME:
             raise ValueError(f"projection was fitted on {projection.meta.get('weights')!r}, not {WEIGHTS_NAME}")
         self._projections: list[tuple[Tensor, Tensor]] = []

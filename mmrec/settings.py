@@ -47,6 +47,7 @@ class ExtractionSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the CNN runs; 'auto' takes CUDA when present.")
     input_size: int = Field(224, ge=32, le=1024, description="Square input side the backbone sees, in pixels.")
     max_grid: int = Field(14, ge=1, le=128, description="Stored maps are average-pooled to at most this many cells per side.")
+    projection_path: Path | None = Field(None, description="The channel projection (safetensors, from `mmrec fit-projection`); unset: the one shipped in mmrec/assets, fitted on scikit-image's sample images. Its content hash is part of the feature version, so every role and `mmrec train` must name the same file.")
     extract_batch_size: int = Field(8, ge=1, le=1024, description="Images (or video frames) per CNN forward pass; a part-filled pass is padded to this size so features do not depend on batch company (1 = lowest latency).")
     video_frames: int = Field(8, ge=1, le=64, description="Evenly spaced frames sampled from a video.")
     video_keyframes: int = Field(4, ge=0, le=64, description="Keyframes added to the evenly spaced ones (at most).")
@@ -54,6 +55,12 @@ class ExtractionSettings(BaseModel):
     max_pixels: int = Field(64_000_000, ge=1, description="Images or video frames whose header declares more pixels are refused before decoding (decompression bombs).")
     max_video_seconds: float = Field(600.0, gt=0, description="Videos longer than this are refused.")
     max_video_frames: int = Field(36_000, ge=1, description="Videos with more frames than this are refused.")
+
+    @model_validator(mode="after")
+    def _projection_exists(self) -> ExtractionSettings:
+        if self.projection_path is not None and not self.projection_path.is_file():
+            raise ValueError(f"projection_path {str(self.projection_path)!r} is not a file (write one with `mmrec fit-projection --media`)")
+        return self
 
 
 class LearningSettings(BaseModel):

@@ -1,7 +1,9 @@
-"""PCA projection: whitening, nesting over d, safetensors round trip, hash check, shipped default."""
+"""PCA projection: whitening, nesting over d, safetensors round trip, hash check, shipped default,
+and one fitted on a media folder that the settings name for the extractor."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from safetensors.torch import save_file
 from mmrec.backbone import STAGE_ENDS, WEIGHTS_NAME, load_backbone
 from mmrec.cli import main
 from mmrec.commands.fit_projection import views
+from mmrec.extraction import FeatureExtractor, feature_version
 from mmrec.projection import (
     EPS_RATIO,
     LayerPCA,
@@ -22,6 +25,8 @@ from mmrec.projection import (
     ProjectionIntegrityError,
     default_projection_path,
 )
+from mmrec.samples import sample_image
+from mmrec.settings import Settings
 
 
 def correlated_maps(seed: int, channels: int = 12, batches: int = 4) -> list[torch.Tensor]:
@@ -150,3 +155,25 @@ def test_fitting_views_are_crops_and_their_mirror_images() -> None:
     assert v.shape == (12, 16, 16, 3)
     assert np.abs(v[1].astype(int) - v[0][:, ::-1]).max() <= 1  # whole image, mirrored (up to rounding)
     assert v[2][..., 0].mean() < v[4][..., 0].mean()  # left corner crop is darker than the right one
+
+
+def test_fit_projection_on_a_media_folder_names_it_for_the_extractor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("astronaut.png", "coffee.png", "chelsea.png"):
+        shutil.copy(sample_image(name), media / name)
+    (media / "notes.txt").write_text("not an image")
+    out = tmp_path / "own.safetensors"
+    assert main(["fit-projection", "--media", str(media), "--input-size", "32"]) == 2  # --out is required
+    assert main(["fit-projection", "--media", str(media), "--out", str(out), "--input-size", "32"]) == 0
+    printed = capsys.readouterr()
+    assert "6 views of 3 images (1 files skipped)" in printed.out and "notes.txt (unknown_format)" in printed.err
+    projection = Projection.load(out)
+    assert json.loads(projection.meta["samples"])["17"] == 6 and projection.meta["source"] == "3 images of media x 2 views"
+    assert projection.digest != Projection.load(default_projection_path()).digest
+    settings = Settings(projection_path=out, input_size=32, device="cpu")
+    extractor = FeatureExtractor(settings)
+    assert extractor.version == feature_version(settings) != feature_version(Settings(input_size=32))
+    assert extractor.version.projection == projection.version(settings.channels)
+    with pytest.raises(ValueError, match="is not a file"):
+        Settings(projection_path=tmp_path / "missing.safetensors")
