@@ -7,7 +7,7 @@ mirrored), at 224 px, through all five stage ends of the backbone. Same packages
 hash (safetensors writes the metadata keys in varying order, so not always the same bytes).
 
 With `--media DIR --out FILE` it fits on a catalogue's own images instead (each seen whole and
-mirrored; videos and files that do not decode are skipped and counted), so the d channels the model
+mirrored; videos and files that do not decode are skipped and named), so the d channels the model
 keeps are the directions in which that catalogue's images vary; MMREC_PROJECTION_PATH then names
 the file for every role and for `mmrec train` (docs/visual-taste.md measures what it changes).
 """
