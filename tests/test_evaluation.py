@@ -23,6 +23,7 @@ from mmrec.features import FeatureVersion, ItemFeatures
 from mmrec.feedback import EventKind
 from mmrec.interaction_log import EVENT_KINDS, Event, InteractionLog, MediaIndex
 from mmrec.media import CorruptMedia
+from mmrec.samples import sample_image
 from mmrec.settings import Settings
 
 needs_fashion_mnist = pytest.mark.usefixtures("fashion_mnist")
@@ -169,12 +170,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, fashion_mnist: None) -> Path:
     return out
 
 
-@needs_fashion_mnist
-def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def small_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mmrec` commands of the test keep their data under tmp_path and run the CNN on CPU at 64 px."""
     monkeypatch.setenv("MMREC_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("MMREC_DEVICE", "cpu")
     monkeypatch.setenv("MMREC_INPUT_SIZE", "64")
+
+
+@needs_fashion_mnist
+@pytest.mark.usefixtures("small_settings")
+def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["evaluate", str(tiny), "--prequential", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -215,3 +221,32 @@ def test_each_channel_count_has_its_own_feature_cache(tiny: Path, tmp_path: Path
     again = EvaluationData.from_folder(tiny, settings, cache).catalogue(4)  # read back, not extracted again
     assert all(torch.equal(a, b) for a, b in zip(narrow.float_maps(), again.float_maps()))
     assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("*.sqlite3")} == files
+
+
+@needs_fashion_mnist
+@pytest.mark.usefixtures("small_settings")
+def test_evaluate_with_a_projection_fitted_on_the_earlier_items(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["evaluate", str(tiny), "--rankers", "vbpr", "--own-projection", "--json", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    earlier = report["features"]
+    assert earlier.startswith("maps through a channel projection fitted on ") and "seen before the validation period" in earlier
+    assert earlier in capsys.readouterr().err
+    cache = {p.name for p in (tmp_path / "var" / "evaluation").rglob("*.sqlite3")}
+    assert cache == {"maps-own.sqlite3", "penultimate.sqlite3"}  # the shipped projection's maps were never extracted
+    assert report["rankers"]["vbpr"]["params"]["features"] in ("maps", "penultimate")
+
+
+def test_own_projection_is_fitted_on_the_given_items_only(tmp_path: Path) -> None:
+    chelsea, coffee = (sample_image(n).read_bytes() for n in ("chelsea.png", "coffee.png"))
+    for name, data in (("a", chelsea), ("b", coffee), ("c", b"not an image")):
+        (tmp_path / f"{name}.png").write_bytes(data)
+    data = EvaluationData(name="t", log=log_of([("a", "a", "click", 0)], ("a",), ("a", "b", "c")), settings=Settings(device="cpu", input_size=32),
+                          cache_dir=tmp_path / "cache", media=MediaIndex.from_folder(tmp_path, ["a", "b", "c"]))
+    assert data.fit_own_projection(np.array([0, 2])) == ["c (unknown_format)"]
+    first = data.projection
+    assert first is not None and data.extractor().version.projection == first.version(8)
+    data.fit_own_projection(np.array([0, 1]))
+    assert data.projection is not None and data.projection.digest != first.digest
+    with pytest.raises(ValueError, match="none of the 1 items' media is a decodable image"):
+        data.fit_own_projection(np.array([2]))

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from mmrec.backbone import STAGE_ENDS, WEIGHTS_NAME, load_backbone
 from mmrec.cli import main
-from mmrec.commands.fit_projection import views
+from mmrec.projection_fit import views
 from mmrec.extraction import FeatureExtractor, feature_version
 from mmrec.projection import (
     EPS_RATIO,
@@ -169,7 +169,7 @@ def test_fit_projection_on_a_media_folder_names_it_for_the_extractor(tmp_path: P
     printed = capsys.readouterr()
     assert "6 views of 3 images (1 files skipped)" in printed.out and "notes.txt (unknown_format)" in printed.err
     projection = Projection.load(out)
-    assert json.loads(projection.meta["samples"])["17"] == 6 and projection.meta["source"] == "3 images of media x 2 views"
+    assert json.loads(projection.meta["samples"])["17"] == 6 and projection.meta["source"] == "images of media x 2 views"
     assert projection.digest != Projection.load(default_projection_path()).digest
     settings = Settings(projection_path=out, input_size=32, device="cpu")
     extractor = FeatureExtractor(settings)

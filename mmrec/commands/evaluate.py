@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mmrec.evaluation.data import EvaluationData
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--plot", type=Path, help="write the Recall@K / NDCG@K curves here (PNG)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--own-projection", action="store_true",
+                        help="fit the channel projection on the media of the items seen before the validation period (as `mmrec fit-projection --media` does) instead of using the settings' one")
     parser.add_argument("--cache", type=Path, help="feature cache root (default <data_dir>/evaluation)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the models are small, and on shared cores extra threads stall at barriers)")
@@ -62,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
         split = TemporalSplit.at_quantiles(data.log, args.validation, args.test)
         names = args.rankers.split(",") if args.rankers else list(RANKERS)
         specs = [load_spec(name.strip()) for name in names]
+        features = Evaluation.features
+        if args.own_projection:
+            earlier = np.flatnonzero(data.log.first_seen() < split.validation_start)
+            skipped = data.fit_own_projection(earlier)
+            features = f"maps through a channel projection fitted on {len(earlier) - len(skipped)} items seen before the validation period"
+            print(f"mmrec evaluate: {features}" + (f"; skipped {len(skipped)}: {', '.join(skipped[:5])}" if skipped else ""), file=sys.stderr)
     except (InteractionLogError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"mmrec evaluate: {exc}", file=sys.stderr)
         return 2
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     else:
         specs = [s for s in specs if s.requires <= have]
-    evaluation = Evaluation(data.name, split, split_counts(data, split), args.k_max)
+    evaluation = Evaluation(data.name, split, split_counts(data, split), args.k_max, features=features)
     for spec in specs:
         try:
             evaluation.results.append(

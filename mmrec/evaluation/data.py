@@ -19,6 +19,8 @@ from mmrec.extraction import FeatureExtractor
 from mmrec.feature_store import SqliteFeatureStore
 from mmrec.features import FeatureVersion, ItemFeatures
 from mmrec.interaction_log import InteractionLog, MediaIndex, read_interactions
+from mmrec.projection import Projection
+from mmrec.projection_fit import fit_projection, mirrored
 from mmrec.settings import Settings
 
 PooledKind = Literal["maps", "penultimate"]
@@ -41,6 +43,7 @@ class EvaluationData:
     media: MediaIndex | None = None
     attributes: Tensor | None = None
     truth: Simulation | None = None
+    projection: Projection | None = None  # fitted by fit_own_projection; None: the settings' one
     _extractors: dict[int, FeatureExtractor] = field(default_factory=dict, repr=False)
     _catalogues: dict[int, Catalogue] = field(default_factory=dict, repr=False)
     _pooled: dict[str, Tensor] = field(default_factory=dict, repr=False)
@@ -83,7 +86,7 @@ class EvaluationData:
         d = channels or self.settings.channels
         if d not in self._extractors:
             settings = self.settings if d == self.settings.channels else self.settings.model_copy(update={"channels": d})
-            self._extractors[d] = FeatureExtractor(settings)
+            self._extractors[d] = FeatureExtractor(settings, projection=self.projection)
         return self._extractors[d]
 
     def catalogue(self, channels: int | None = None) -> Catalogue:
@@ -93,7 +96,7 @@ class EvaluationData:
         if d not in self._catalogues:
             extractor = self.extractor(d)
             # A store keeps one version per media: other channel counts get their own file.
-            kind = "maps" if d == self.settings.channels else f"maps-d{d}"
+            kind = ("maps" if d == self.settings.channels else f"maps-d{d}") + ("-own" if self.projection else "")
             items = self._features(kind, extractor.version, extractor.extract_many)
             catalogue = Catalogue(extractor.version, [tuple(m.shape) for m in items[0].maps], capacity=len(items))
             rows = catalogue.add(items)
@@ -101,6 +104,24 @@ class EvaluationData:
                 raise RuntimeError("catalogue rows do not follow the log's item order")
             self._catalogues[d] = catalogue
         return self._catalogues[d]
+
+    def fit_own_projection(self, items: np.ndarray, batch_size: int = 32) -> list[str]:
+        """Fit the channel projection on these items' media (whole and mirrored, as `mmrec
+        fit-projection --media` does) and extract every item's maps with it from now on. items:
+        (R,) item indices, e.g. those seen before the validation period, so that no ranked period's
+        new item shapes it. Returns the items skipped ("name (reason)"); raises if none decodes."""
+        if self.media is None:
+            raise ValueError(f"{self.name}: no media to fit a projection on")
+        ids = [self.log.item_ids[i] for i in items]
+        meta = {"source": f"{len(ids)} items of {self.name} x 2 views", "images": f"{len(ids)} items"}
+        fitted = fit_projection([(m, lambda m=m: self.media.read(m)) for m in ids], mirrored, self.settings.input_size, batch_size, meta)
+        if fitted.projection is None:
+            raise ValueError(f"{self.name}: none of the {len(ids)} items' media is a decodable image")
+        self.projection = fitted.projection
+        self._extractors.clear()
+        self._catalogues.clear()
+        self._pooled.pop("maps", None)
+        return fitted.skipped
 
     def pooled_features(self, kind: PooledKind) -> Tensor:
         """(I, F) float32 spatially pooled CNN features of every item.

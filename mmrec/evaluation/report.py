@@ -94,6 +94,7 @@ def to_json(evaluation: Evaluation) -> dict[str, Any]:
         "split": {"validation_start": _when(evaluation.split.validation_start), "test_start": _when(evaluation.split.test_start)},
         "counts": evaluation.counts,
         "k_max": evaluation.k_max,
+        "features": evaluation.features,
         "selection": "validation ndcg@10 (overall)",
         "rankers": {},
         "paired_ndcg@10": {section: paired(evaluation, section) for section in ("overall", "cold")},

@@ -70,6 +70,7 @@ class Evaluation:
     counts: dict[str, int]  # events, users, items, per part, test users and cold items
     k_max: int
     results: list[RankerResult] = field(default_factory=list)
+    features: str = "maps through the settings' channel projection"  # what our model and VBPR (maps) see
 
 
 def priority(num_items: int, seed: int) -> torch.Tensor:
