@@ -37,7 +37,7 @@ def views(image: Image.Image, size: int) -> np.ndarray:
 def mirrored(image: Image.Image, size: int) -> np.ndarray:
     """(2, size, size, 3) uint8: the whole image, plain and mirrored."""
     square = fit_square(image, size)
-    return np.stack([square, np.ascontiguousarray(square[:, ::-1])])
+    return np.stack([square, square[:, ::-1]])
 
 
 @dataclass
@@ -87,6 +87,12 @@ class FittedProjection:
     views: int
     images: int
     skipped: list[str]
+
+
+def describe_skipped(skipped: Sequence[str], shown: int = 5) -> str:
+    """'N: a (reason), b (reason), ...' naming the first `shown` skipped sources."""
+    more = " ..." if len(skipped) > shown else ""
+    return f"{len(skipped)}: {', '.join(skipped[:shown])}{more}"
 
 
 def fit_projection(sources: Sequence[Source], view_maker: Views, input_size: int, batch_size: int, meta: dict[str, str]) -> FittedProjection:

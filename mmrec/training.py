@@ -60,6 +60,13 @@ class TrainConfig:
         if self.memory_epochs < 0:
             raise ValueError(f"memory_epochs must be >= 0, got {self.memory_epochs}")
 
+    def check_model(self, cfg: ModelConfig) -> None:
+        """Raises ValueError when these options do not fit the model they would train."""
+        if cfg.objective == "pairwise" and self.negatives < 1:
+            raise ValueError("the pairwise objective needs negatives >= 1")
+        if (self.memory_epochs or self.modality_dropout) and not cfg.collab_dim:
+            raise ValueError("memory_epochs and modality_dropout need the hybrid extension's item memory (collab_dim > 0)")
+
 
 class PatentModel(nn.Module):
     """Everything `mmrec train` fits, for users and items indexed as in the log."""
@@ -161,10 +168,7 @@ def pairwise_examples(log: InteractionLog, negatives: int, gen: torch.Generator)
 def fit(model: PatentModel, log: InteractionLog, catalogue: Catalogue, config: TrainConfig, progress: bool = True) -> list[float]:
     """Train in place on `log` (item indices are catalogue rows); returns the mean loss per epoch,
     the item memory's stage first (config.memory_epochs, module docstring)."""
-    if model.cfg.objective == "pairwise" and config.negatives < 1:
-        raise ValueError("the pairwise objective needs negatives >= 1")
-    if (config.memory_epochs or config.modality_dropout) and not model.cfg.collab_dim:
-        raise ValueError("memory_epochs and modality_dropout need the hybrid extension's item memory (collab_dim > 0)")
+    config.check_model(model.cfg)
     history = _fit_stage(model, model.memory_logits, log, catalogue, config, config.memory_epochs, 0.0, "memory epoch", progress)
     return history + _fit_stage(model, model.pair_logits, log, catalogue, config, config.epochs, config.modality_dropout, "epoch", progress)
 

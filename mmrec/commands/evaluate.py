@@ -24,6 +24,7 @@ from mmrec.evaluation.report import format_paired, format_table, plot, write_jso
 from mmrec.evaluation.runner import Evaluation, evaluate_ranker, split_counts
 from mmrec.evaluation.split import TemporalSplit
 from mmrec.interaction_log import InteractionLogError
+from mmrec.projection_fit import describe_skipped
 from mmrec.settings import Settings
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             earlier = np.flatnonzero(data.log.first_seen() < split.validation_start)
             skipped = data.fit_own_projection(earlier)
             features = f"maps through a channel projection fitted on {len(earlier) - len(skipped)} items seen before the validation period"
-            print(f"mmrec evaluate: {features}" + (f"; skipped {len(skipped)}: {', '.join(skipped[:5])}" if skipped else ""), file=sys.stderr)
+            print(f"mmrec evaluate: {features}" + (f"; skipped {describe_skipped(skipped)}" if skipped else ""), file=sys.stderr)
     except (InteractionLogError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"mmrec evaluate: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from mmrec.projection import default_projection_path
-from mmrec.projection_fit import fit_projection, mirrored, views
+from mmrec.projection_fit import describe_skipped, fit_projection, mirrored, views
 from mmrec.samples import IMAGE_PACKAGE, sample_images
 
 
@@ -46,17 +46,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.media is None:
         paths, view_maker = sample_images(), views
-    else:
-        paths, view_maker = spaced(sorted(p for p in args.media.iterdir() if p.is_file()), args.max_images), mirrored
-    sources = [(p.name, p.read_bytes) for p in paths]
-    if args.media is None:
         meta = {"source": f"{IMAGE_PACKAGE} data: {len(paths)} images x 12 views", "images": ",".join(p.name for p in paths)}
     else:
+        paths, view_maker = spaced(sorted(p for p in args.media.iterdir() if p.is_file()), args.max_images), mirrored
         meta = {"source": f"images of {args.media.name} x 2 views", "images": f"{len(paths)} files"}
-    fitted = fit_projection(sources, view_maker, args.input_size, args.batch_size, meta)
+    fitted = fit_projection([(p.name, p.read_bytes) for p in paths], view_maker, args.input_size, args.batch_size, meta)
     skipped = len(fitted.skipped)
     if skipped:
-        print(f"skipped {skipped} files: {', '.join(fitted.skipped[:5])}{' ...' if skipped > 5 else ''}", file=sys.stderr)
+        print(f"skipped {describe_skipped(fitted.skipped)}", file=sys.stderr)
     if fitted.projection is None:
         print(f"fit-projection: none of the {len(paths)} files is a decodable image", file=sys.stderr)
         return 1

@@ -62,30 +62,25 @@ def load_data(args: argparse.Namespace, settings: Settings) -> EvaluationData:
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings()
-    if args.memory_epochs < 0 or not 0.0 <= args.modality_dropout <= 0.5:
-        print("mmrec train: --memory-epochs must be >= 0 and --modality-dropout in [0, 0.5]", file=sys.stderr)
-        return 2
-    if (args.memory_epochs or args.modality_dropout) and not settings.collab_dim:
-        print("mmrec train: --memory-epochs and --modality-dropout need the hybrid extension (MMREC_COLLAB_DIM > 0)", file=sys.stderr)
-        return 2
+    cfg = settings.scorer_config()
     try:
+        config = TrainConfig(
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            user_l2=args.user_l2,
+            collab_l2=args.collab_l2,
+            factor_l2=args.factor_l2,
+            negatives=args.negatives,
+            memory_epochs=args.memory_epochs,
+            modality_dropout=args.modality_dropout,
+            seed=args.seed,
+        )
+        config.check_model(cfg)  # before any data is read
         data = load_data(args, settings)
         catalogue = data.catalogue()
     except (InteractionLogError, FileNotFoundError, ValueError, MediaFailures) as exc:
         print(f"mmrec train: {exc}", file=sys.stderr)
         return 2
-    config = TrainConfig(
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        user_l2=args.user_l2,
-        collab_l2=args.collab_l2,
-        factor_l2=args.factor_l2,
-        negatives=args.negatives,
-        memory_epochs=args.memory_epochs,
-        modality_dropout=args.modality_dropout,
-        seed=args.seed,
-    )
-    cfg = settings.scorer_config()
     log = data.log
     print(f"training on {len(log)} events of {log.num_users} users over {log.num_items} items ({cfg})")
     started = time.perf_counter()
