@@ -7,6 +7,7 @@ import faust
 from faust.types import TopicT
 
 from mmrec.settings import Settings
+from worker.delivering_producer import DeliveringApp
 from worker.kafka_client import ssl_context
 from worker.recovery import SeekFirstTableManager
 
@@ -56,7 +57,7 @@ def build_app(
     if not settings.bootstrap_servers:
         raise ValueError("MMREC_BOOTSTRAP_SERVERS is not set")
     brokers = ";".join(f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",") if b.strip())
-    app = faust.App(
+    app = DeliveringApp(
         app_id or settings.group_id,
         broker=brokers,
         broker_credentials=broker_credentials(settings),
