@@ -49,6 +49,7 @@ class ExtractionSettings(BaseModel):
     max_grid: int = Field(14, ge=1, le=128, description="Stored maps are average-pooled to at most this many cells per side.")
     projection_path: Path | None = Field(None, description="The channel projection (safetensors, from `mmrec fit-projection`); unset: the one shipped in mmrec/assets, fitted on scikit-image's sample images. Its content hash is part of the feature version, so every role and `mmrec train` must name the same file.")
     extract_batch_size: int = Field(8, ge=1, le=1024, description="Images (or video frames) per CNN forward pass; a part-filled pass is padded to this size so features do not depend on batch company (1 = lowest latency).")
+    decode_threads: int = Field(4, ge=1, le=256, description="Media of one CNN batch decoded at once (Pillow and FFmpeg release the GIL); with the CNN on a GPU, decoding is the limit. Each thread holds one decoded image: peak memory grows with it (at most max_pixels x 3 bytes each).")
     video_frames: int = Field(8, ge=1, le=64, description="Evenly spaced frames sampled from a video.")
     video_keyframes: int = Field(4, ge=0, le=64, description="Keyframes added to the evenly spaced ones (at most).")
     max_media_bytes: int = Field(100_000_000, ge=1, description="Media larger than this many bytes are refused (MediaTooLarge).")

@@ -39,6 +39,14 @@ def test_update_and_scoring_commands_print_one_json_object_with_their_configurat
     assert {"ratio_vs_naive", "roofline_fraction", "pairs_per_s", "peak_gflops"} <= set(scoring["figures"])
 
 
+def test_extract_command_reports_the_decoding_threads_beside_one(capsys):
+    out = run_json(["bench", "extract", "--json", "--batch-sizes", "2", "--input-size", "64", "--decode-threads", "2", "--seconds", "0.05"], capsys)
+    assert out["config"]["decode_threads"] == 2 and out["config"]["devices"][0] == "cpu"
+    row = out["figures"]["cpu_batch2"]
+    assert row["decode_speedup"] == pytest.approx(row["end_to_end_images_per_s"] / row["end_to_end_one_decoder_images_per_s"])
+    assert row["cnn_images_per_s"] > 0
+
+
 def test_retrieval_command_on_a_small_memory_mapped_catalogue(capsys, tmp_path: Path):
     out = run_json(
         ["bench", "retrieval", "--json", "--sizes", "600", "--users", "2", "--k", "5", "--cache", str(tmp_path), "--in-memory-max", "100"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from mmrec.backbone import MobileNetV2, default_taps, load_backbone
 from mmrec.extraction import FeatureExtractor, feature_shapes, resolve_device
 from mmrec.features import ItemFeatures
-from mmrec.media import CorruptMedia, MediaTooLarge, UnsupportedMedia
+from mmrec.media import CorruptMedia, DecodedMedia, MediaTooLarge, UnsupportedMedia
 from mmrec.projection import Projection, default_projection_path
 from mmrec.samples import sample_image, sample_video
 from mmrec.settings import Settings
@@ -116,6 +117,39 @@ def test_a_bad_item_fails_alone_with_its_typed_error() -> None:
     assert [type(r) for r in results] == [MediaTooLarge, UnsupportedMedia, CorruptMedia, ItemFeatures]
     with pytest.raises(CorruptMedia):
         ex.extract("cut", image_bytes("coins.png")[:5000])
+
+
+def test_several_decoding_threads_give_the_same_results_in_order() -> None:
+    items = [
+        ("cat", image_bytes()),
+        ("junk", b"not media at all"),
+        ("clip", video_bytes()),
+        ("cut", image_bytes("coins.png")[:5000]),
+        ("rocket", image_bytes("rocket.jpg")),
+    ]
+    serial = extractor(decode_threads=1, extract_batch_size=2).extract_many(items)
+    threaded = extractor(decode_threads=3, extract_batch_size=2).extract_many(items)
+    assert [type(r) for r in threaded] == [ItemFeatures, UnsupportedMedia, ItemFeatures, CorruptMedia, ItemFeatures]
+    for one, other in zip(serial, threaded):
+        if isinstance(one, ItemFeatures):
+            assert isinstance(other, ItemFeatures) and other.media_id == one.media_id
+            assert all(torch.equal(a, b) for a, b in zip(one.maps, other.maps))
+        else:
+            assert str(other) == str(one)
+
+
+def test_the_media_of_one_call_are_decoded_at_once() -> None:
+    """Each decode waits at a barrier for the other: one after another, they would time out."""
+    meeting = threading.Barrier(2, timeout=10)
+
+    class Meeting(FeatureExtractor):
+        def decode(self, data: bytes) -> DecodedMedia:
+            meeting.wait()
+            return super().decode(data)
+
+    settings = Settings(input_size=64, device="cpu", decode_threads=2)
+    results = Meeting(settings, backbone=backbone(settings.n_layers)).extract_many([("cat", image_bytes()), ("rocket", image_bytes("rocket.jpg"))])
+    assert [type(r) for r in results] == [ItemFeatures, ItemFeatures]
 
 
 def test_a_projection_for_other_weights_is_refused() -> None:

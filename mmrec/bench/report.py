@@ -76,7 +76,13 @@ def rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
         ]
     for extract in by.get("extract", []):
         for key, value in extract["figures"].items():
-            out.append(("extract", f"{key.replace('_', ' ')}: CNN / end-to-end images/s", f"{_num(value['cnn_images_per_s'])} / {_num(value['end_to_end_images_per_s'])}", "", ""))
+            threads = extract["config"].get("decode_threads")
+            out.append((
+                "extract",
+                f"{key.replace('_', ' ')}: CNN / end-to-end ({threads} decoding threads) / end-to-end (one) images/s",
+                f"{_num(value['cnn_images_per_s'])} / {_num(value['end_to_end_images_per_s'])} / {_num(value.get('end_to_end_one_decoder_images_per_s'))}",
+                "", "",
+            ))
     for retrieval in by.get("retrieval", []):
         for size, row in retrieval["figures"].items():
             label = f"retrieval {int(size):,} items"
