@@ -20,6 +20,7 @@ a replay would.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from collections import defaultdict
@@ -38,6 +39,8 @@ from worker.dead_letters import DeadLetters
 from worker.pending import Parked, Wakeup, decode_pending, encode_pending
 from worker.refresh import Refresher
 from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Learning:
         self.waiting: defaultdict[str, set[tuple[str, int]]] = defaultdict(set)  # media -> (user, partition)
         self.catalogue_ready = asyncio.Event()  # set once the catalogue sync has caught up (service.py)
         self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}  # user -> (lock, holders and waiters)
+        self._partitions_seen: set[tuple[str, int]] = set()  # logged once: where each partition's events start here
 
     @asynccontextmanager
     async def user_lock(self, user: bytes) -> AsyncIterator[None]:
@@ -123,6 +127,9 @@ class Learning:
         for event in events:
             message = event.message
             self.runtime.metrics.consumed.labels(message.topic).inc()
+            if (message.topic, message.partition) not in self._partitions_seen:
+                self._partitions_seen.add((message.topic, message.partition))
+                log.info("learn: the first event of %s/%d in this process is at offset %d", message.topic, message.partition, message.offset)
             try:
                 interaction = parse(Interaction, event.value)
                 if event.key != interaction.user_id.encode():

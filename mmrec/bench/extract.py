@@ -13,8 +13,8 @@ import argparse
 import numpy as np
 import torch
 
-from mmrec.bench.common import emit, time_calls
 from mmrec.backbone import MobileNetV2
+from mmrec.bench.common import emit, time_calls
 from mmrec.extraction import FeatureExtractor
 from mmrec.samples import sample_images
 from mmrec.settings import Settings
@@ -27,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time spent per measurement (at least)")
 
 
+def _extractor(device: str, batch: int, decode_threads: int, input_size: int, backbones: dict[str, MobileNetV2]) -> FeatureExtractor:
+    """An extractor of these settings; each device's backbone is loaded once and shared."""
+    settings = Settings(device=device, input_size=input_size, extract_batch_size=batch, decode_threads=decode_threads, bootstrap_servers=None)
+    extractor = FeatureExtractor(settings, backbone=backbones.get(device))
+    backbones[device] = extractor.backbone
+    return extractor
+
+
 def run(args: argparse.Namespace) -> dict:
     paths = sample_images()
     blobs = [(p.stem, p.read_bytes()) for p in paths]
@@ -35,15 +43,7 @@ def run(args: argparse.Namespace) -> dict:
     backbones: dict[str, MobileNetV2] = {}
     for device in devices:
         for batch in args.batch_sizes:
-            def extractor_with(decoders: int) -> FeatureExtractor:
-                settings = Settings(
-                    device=device, input_size=args.input_size, extract_batch_size=batch, decode_threads=decoders, bootstrap_servers=None
-                )
-                extractor = FeatureExtractor(settings, backbone=backbones.get(device))
-                backbones[device] = extractor.backbone
-                return extractor
-
-            extractor, one_decoder = extractor_with(args.decode_threads), extractor_with(1)
+            extractor, one_decoder = (_extractor(device, batch, decoders, args.input_size, backbones) for decoders in (args.decode_threads, 1))
             decoded = [extractor.decode(data).frames for _, data in blobs]
             frames = np.concatenate(decoded)
             reps = -(-batch // frames.shape[0])
