@@ -27,7 +27,7 @@ the records of a fetch that faust discarded because the flow was stopped ("getma
 not active"). Measured: a worker SIGKILLed before its first commit restarted at offsets 719-1,105 of
 its four partitions, and once it had stepped later events the earlier ones counted as already
 applied (the user state's offset rule): ~3,000 events lost (tests/test_crash_safety.py, SIGKILL
-scenario beside a busy core, 2 of 9 runs once commits waited for delivery and so came later).
+scenario beside a busy core, 2 of 12 runs once commits waited for delivery and so came later).
 """
 from __future__ import annotations
 
