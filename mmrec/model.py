@@ -308,8 +308,8 @@ def layer_preference(
 
     maps (I, d, H, W); interest (U, m, m); channel (U, d'); attention (U, m, m); attention_channels (d,).
     The users are the output channels of one channels-last convolution (I, U, H, W) stored
-    (I, H, W, U), so the max pool and the attention run over contiguous runs of users, and the
-    attention logits come from one (I h w, m^2) x (m^2, U) matrix product.
+    (I, H, W, U), so the max pool and the attention run over contiguous runs of users; the
+    attention logits are a second convolution of the same layout (users as output channels).
     """
     i_count, d, h, w = maps.shape
     u_count, m = interest.shape[0], cfg.kernel_size
@@ -331,8 +331,9 @@ def layer_preference(
     pooled = _pool_max(first, p)  # (I, U, h', w')
     pooled = pooled.permute(0, 2, 3, 1).reshape(i_count, -1, u_count)  # (I, h'w', U)
     reduced = torch.einsum("c,ichw->ihw", attention_channels, maps)[:, None]  # (I, 1, H, W)
-    coarse = F.unfold(_pool_mean(reduced, p), m, padding=pad)  # (I, m^2, h'w')
-    second = torch.matmul(coarse.transpose(1, 2), attention.reshape(u_count, m * m).T)  # (I, h'w', U)
+    kernel = attention[:, None].contiguous(memory_format=torch.channels_last)  # (U, 1, m, m)
+    second = F.conv2d(_pool_mean(reduced, p), kernel, padding=pad)  # (I, U, h', w') stored (I, h', w', U)
+    second = second.permute(0, 2, 3, 1).reshape(i_count, -1, u_count)  # (I, h'w', U)
     return _attend(second, pooled, dim=1).T
 
 
