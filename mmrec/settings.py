@@ -103,6 +103,7 @@ class RetrievalSettings(BaseModel):
     retrieval_candidate_factor: int = Field(10, ge=1, le=1000, description="Rounds after the first choose among the surrogate's best factor x shortlist items.")
     retrieval_projection_min_items: int = Field(200_000, ge=1, description="Catalogues of at least this many items are scanned through a projection of the surrogate's item vectors onto their leading principal directions (fewer floats read per item); the candidates it finds are ranked by the full surrogate.")
     retrieval_projection_energy: float = Field(0.99, gt=0, le=1, description="Share of the item vectors' variance (about their mean) the projection keeps; it sets how many directions are scanned.")
+    retrieval_scan_precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Precision the projected coordinates are kept and scanned in. bfloat16 reads half the bytes, and is faster only where the CPU has native bfloat16 dot products (measured at 1M items, 2 threads, EPYC with AVX512-BF16: a refresh 0.87x the time; with oneDNN limited to AVX2 the scan 2.5x slower; at 1 thread no gain); 'auto' times both, interleaved, when the projection is built and keeps bfloat16 only if it is at least 1.1x faster.")
 
     def retrieval_config(self) -> RetrievalConfig:
         return RetrievalConfig(
@@ -116,6 +117,7 @@ class RetrievalSettings(BaseModel):
             candidate_factor=self.retrieval_candidate_factor,
             projection_min_items=self.retrieval_projection_min_items,
             projection_energy=self.retrieval_projection_energy,
+            scan_precision=self.retrieval_scan_precision,
         )
 
 

@@ -9,7 +9,7 @@ from mmrec.bench.synthetic import ArrayCatalogue, concept_items, train_users
 from mmrec.catalogue import Catalogue
 from mmrec.model import ModelConfig, ParamLayout, SharedParams, score
 from mmrec.recommend import Recommender
-from mmrec.retrieval import RetrievalConfig, Retriever, _best, _normal_equations, _solve, item_vectors, user_vectors
+from mmrec.retrieval import RetrievalConfig, Retriever, _best, _normal_equations, _scan, _solve, item_vectors, user_vectors
 from mmrec.user_state import id_hash
 from tests.synthetic_items import VERSION, make_items
 
@@ -196,11 +196,11 @@ def test_projection_keeping_every_direction_gives_the_full_scan_and_follows_new_
     shared = SharedParams.initial(CFG)
     offsets = trained_like_offsets(3, seed=8)
     full = Retriever(CFG, shared, RetrievalConfig(mode="shortlist"))
-    projected = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=100, projection_energy=1.0))
+    projected = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=100, projection_energy=1.0, scan_precision="float32"))
     a, b = full.shortlist(offsets, cat, 40), projected.shortlist(offsets, cat, 40)
     assert projected._projection is not None and projected._projection.basis.shape == (72, 72)
     assert [set(r.tolist()) for r in a] == [set(r.tolist()) for r in b]
-    kept = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=100))
+    kept = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=100, scan_precision="float32"))
     kept.sync(cat)
     assert kept._projection is not None and kept._projection.basis.shape[1] < 72  # concept items have fewer directions
     part = kept._projection
@@ -209,7 +209,7 @@ def test_projection_keeping_every_direction_gives_the_full_scan_and_follows_new_
 
 def test_projected_coordinates_follow_added_items_until_the_basis_is_rebuilt():
     cat = catalogue(100)
-    retriever = Retriever(CFG, SharedParams.initial(CFG), RetrievalConfig(mode="shortlist", projection_min_items=50))
+    retriever = Retriever(CFG, SharedParams.initial(CFG), RetrievalConfig(mode="shortlist", projection_min_items=50, scan_precision="float32"))
     retriever.sync(cat)
     basis = retriever._projection.basis
     cat.add(make_items(20, start=700))  # under a quarter more: projected on the same basis
@@ -221,6 +221,52 @@ def test_projected_coordinates_follow_added_items_until_the_basis_is_rebuilt():
     assert retriever._projection.built_rows == 150
 
 
+def test_a_bfloat16_scan_finds_the_float32_scans_best_rows_with_the_bias_added():
+    gen = torch.Generator().manual_seed(4)
+    table = torch.randn(20_000, 24, generator=gen)
+    bias = 3 * torch.randn(20_000, generator=gen)
+    for users in (1, 5):  # a matrix-vector product, and a matrix product
+        weights = torch.randn(users, 24, generator=gen)
+        wide, narrow = _scan(table, weights, bias, 200), _scan(table.bfloat16(), weights, bias, 200)
+        overlap = [len(set(a.tolist()) & set(b.tolist())) / 200 for a, b in zip(wide, narrow)]
+        assert min(overlap) >= 0.9, overlap
+
+
+def test_a_bfloat16_scan_ranks_as_the_float32_one_and_keeps_following_new_items():
+    """The projected coordinates in bfloat16 (half the bytes a scan reads) choose nearly the same
+    candidates, every score published stays exact, and auto settles on one of the two precisions."""
+    maps, _ = concept_items(3000, seed=9)
+    cat = ArrayCatalogue([m.to(torch.float16) for m in maps])
+    cat.item_bias[:] = torch.linspace(-1.0, 1.0, 3000)  # added to the bfloat16 products in float32
+    shared = SharedParams.initial(CFG)
+    users = train_users(4, CFG, shared).offsets
+    exact = Recommender(CFG, shared, RetrievalConfig(mode="exact")).scores(users, cat)
+    ranked = {}
+    for precision in ("float32", "bfloat16"):
+        retriever = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=1000, scan_precision=precision))
+        rows, scores = retriever.rank(users, cat, 200)
+        torch.testing.assert_close(scores, exact.gather(1, rows))
+        assert retriever.scan_dtype == precision
+        ranked[precision] = (rows, retriever)
+    same = [len(set(a.tolist()) & set(b.tolist())) / 200 for a, b in zip(ranked["float32"][0], ranked["bfloat16"][0])]
+    assert min(same) >= 0.95, same
+    assert recall(ranked["bfloat16"][0], exact, 50) == pytest.approx(recall(ranked["float32"][0], exact, 50), abs=0.04)
+    wide, narrow = ranked["float32"][1], ranked["bfloat16"][1]
+    assert wide.nbytes - narrow.nbytes == wide._projection.coords.numel() * 2
+    cat_rows = Catalogue(VERSION)
+    cat_rows.add(make_items(100))
+    growing = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=50, scan_precision="bfloat16"))
+    growing.sync(cat_rows)
+    cat_rows.add(make_items(20, start=700))
+    growing.sync(cat_rows)
+    part = growing._projection
+    assert part.coords.dtype == torch.bfloat16
+    torch.testing.assert_close(part.coords[:120], part.project(item_vectors(cat_rows.float_maps(), CFG)).bfloat16())
+    auto = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=1000))
+    auto.sync(cat)
+    assert auto.scan_dtype in ("float32", "bfloat16")
+
+
 def test_ranked_shortlists_carry_exact_scores_and_hold_more_of_the_top_k_than_the_surrogate():
     """Rounds of exact scoring with a fitted correction beat the surrogate's own best S at equal S
     (users trained by the online step, as in the benchmark: measured 0.94 against 0.88 for the worst)."""
@@ -229,11 +275,11 @@ def test_ranked_shortlists_carry_exact_scores_and_hold_more_of_the_top_k_than_th
     shared = SharedParams.initial(CFG)
     users = train_users(4, CFG, shared).offsets
     exact = Recommender(CFG, shared, RetrievalConfig(mode="exact")).scores(users, cat)
-    retriever = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=1000))
+    retriever = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=1000, scan_precision="float32"))
     rows, scores = retriever.rank(users, cat, 200)
     assert rows.shape == (4, 200) and all(len(set(r.tolist())) == 200 for r in rows)
     torch.testing.assert_close(scores, exact.gather(1, rows))
-    once = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=1000, refine_rounds=1))
+    once = Retriever(CFG, shared, RetrievalConfig(mode="shortlist", projection_min_items=1000, refine_rounds=1, scan_precision="float32"))
     surrogate_rows, _ = once.rank(users, cat, 200)
     assert sum(recall(rows, exact, 50)) > sum(recall(surrogate_rows, exact, 50)), (recall(rows, exact, 50), recall(surrogate_rows, exact, 50))
 

@@ -93,11 +93,11 @@ def rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
                 (label, f"recall@100 (shortlist {r100.get('shortlist')}), mean / worst user", f"{_num(r100.get('mean'))} / {_num(r100.get('min'))}",
                  ">= 0.95" if big else "", _verdict(r100.get("mean", 0) >= 0.95) if big else ""),
                 (label, f"recall@20 (shortlist {r20.get('shortlist')}), mean / worst user", f"{_num(r20.get('mean'))} / {_num(r20.get('min'))}", "", ""),
-                (label, "refresh of one user (top-100), p50 / p99 ms", f"{_num(refresh.get('p50'))} / {_num(refresh.get('p99'))}",
+                (label, "refresh of one user (top-100), p50 / p90 / p99 ms", f"{_num(refresh.get('p50'))} / {_num(refresh.get('p90'))} / {_num(refresh.get('p99'))}",
                  "< 20 ms" if big else "", _verdict(refresh.get("p99", 1e9) < 20) if big else ""),
                 (label, "refresh (top-20), p50 / p99 ms", f"{_num(_get(row, 'refresh@20_ms', 'p50'))} / {_num(_get(row, 'refresh@20_ms', 'p99'))}", "", ""),
                 (label, "exact refresh of one user, ms", _num(row.get("exact_refresh_ms_p50")), "", ""),
-                (label, "index: build s, bytes/item, partitioned", f"{_num(row.get('index_build_s'))}, {_num(row.get('index_bytes_per_item'))}, {row.get('partitioned')}", "", ""),
+                (label, "index: build s, bytes/item, partitioned, scan dtype", f"{_num(row.get('index_build_s'))}, {_num(row.get('index_bytes_per_item'))}, {row.get('partitioned')}, {row.get('scan_dtype') or '-'}", "", ""),
             ]
     for stream in by.get("stream", []):
         f = stream["figures"]

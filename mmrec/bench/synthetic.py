@@ -126,25 +126,16 @@ class ArrayCatalogue:
 
 class MemmapCatalogue(ArrayCatalogue):
     """fp16 maps in one file per layer under `folder` (write_memmap), read through the page cache:
-    the process holds what refreshes touch, not the catalogue's size on disk."""
+    the process holds what refreshes touch, not the catalogue's size on disk. The maps are tensors
+    over private (copy-on-write, never written) mappings, so rows are gathered by torch's
+    index_select, as from the in-memory catalogue, not by numpy's fancy indexing (~3x slower).
 
-    def __init__(self, folder: Path, count: int, shapes: Sequence[tuple[int, int, int]] = SHAPES) -> None:
-        self._arrays = [np.memmap(folder / f"layer{j}.f16", dtype=np.float16, mode="r", shape=(count, *s)) for j, s in enumerate(shapes)]
-        self._n = count
-        self._bias = torch.zeros(count)
-        self._ids = None
+    rows: serve only the first `rows` of the `count` items in the files (default: all).
+    """
 
-    @property
-    def layer_shapes(self) -> tuple[tuple[int, int, int], ...]:
-        return tuple((a.shape[1], a.shape[2], a.shape[3]) for a in self._arrays)
-
-    def float_maps(self, index: slice | Tensor | None = None) -> list[Tensor]:
-        if index is None:
-            index = slice(0, self._n)
-        if isinstance(index, slice):
-            return [torch.from_numpy(np.array(a[index])).float() for a in self._arrays]
-        rows = index.numpy()
-        return [torch.from_numpy(a[rows]).float() for a in self._arrays]
+    def __init__(self, folder: Path, count: int, shapes: Sequence[tuple[int, int, int]] = SHAPES, rows: int | None = None) -> None:
+        files = [np.memmap(folder / f"layer{j}.f16", dtype=np.float16, mode="c", shape=(count, *s)) for j, s in enumerate(shapes)]
+        super().__init__([torch.from_numpy(f[:rows]) for f in files])
 
 
 def write_memmap(folder: Path, kind: str, count: int, seed: int, workers: int | None = None) -> None:
