@@ -58,7 +58,8 @@ _PAIR_CHUNK = 512  # (user, item) pairs per exact re-scoring call: ~7 MB of floa
 _USER_GROUP = 8  # users whose scan values (users x items float32) are held at once
 _RIDGE = 1e-4  # ridge of the refinement fit, relative to the mean diagonal of its normal matrix
 _PRECISION_PROBE_ROWS = 1 << 20  # rows of projected coordinates timed in each precision (scan_precision auto)
-_PRECISION_PROBES = 9  # interleaved timings of each precision (the median ratio decides)
+_PRECISION_PROBES = 9  # interleaved timings of each precision per round (the round's median ratio counts)
+_PRECISION_ROUNDS = 3  # rounds; the best counts: on a shared machine a busy moment can take a core for a round
 _BFLOAT16_GAIN = 1.1  # auto scans in bfloat16 only where that is at least this much faster than float32
 
 
@@ -226,7 +227,9 @@ def _scan_dtype(coords: Tensor, precision: ScanPrecision) -> torch.dtype:
     value first and it is slower (measured at 1M items, 2 threads, on an EPYC with AVX512-BF16: a
     refresh 0.87x the time; with oneDNN limited to AVX2 the scan alone 2.5x slower; at 1 thread no
     gain). auto times both on these coordinates, at the current thread count, interleaved so that a
-    busy moment of a shared machine weighs on both, and keeps bfloat16 only if it wins clearly."""
+    busy moment of a shared machine weighs on both, in three rounds, and keeps bfloat16 if it wins
+    clearly in one (measured at 2 threads: one round in six saw ~1.0, the bfloat16 scan at its one-thread
+    speed; the others 1.5-1.6)."""
     if precision != "auto":
         return getattr(torch, precision)
     wide = coords[:_PRECISION_PROBE_ROWS]
@@ -238,9 +241,13 @@ def _scan_dtype(coords: Tensor, precision: ScanPrecision) -> torch.dtype:
         torch.mv(table, weights.to(table.dtype))
         return time.perf_counter() - start
 
-    seconds(wide), seconds(narrow)  # warm-up
-    ratios = sorted(seconds(wide) / seconds(narrow) for _ in range(_PRECISION_PROBES))
-    return torch.bfloat16 if ratios[len(ratios) // 2] >= _BFLOAT16_GAIN else torch.float32
+    def median_ratio() -> float:  # float32 time over bfloat16 time
+        seconds(wide), seconds(narrow)  # warm-up
+        ratios = sorted(seconds(wide) / seconds(narrow) for _ in range(_PRECISION_PROBES))
+        return ratios[len(ratios) // 2]
+
+    best = max(median_ratio() for _ in range(_PRECISION_ROUNDS))
+    return torch.bfloat16 if best >= _BFLOAT16_GAIN else torch.float32
 
 
 def _scan(table: Tensor, weights: Tensor, bias: Tensor, count: int) -> Tensor:
