@@ -6,11 +6,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mmrec.bench.report import write_report
 from mmrec.bench.scoring import useful_flops_per_pair
+from mmrec.bench.synthetic import SHAPES, MemmapCatalogue, write_memmap
 from mmrec.cli import main
 from mmrec.model import ModelConfig, ParamLayout, SharedParams
 from worker.soak_bench import summarize
@@ -55,6 +57,19 @@ def test_retrieval_command_on_a_small_memory_mapped_catalogue(capsys, tmp_path: 
     row = out["figures"]["600"]
     assert 0 <= row["recall@5"]["mean"] <= 1 and row["refresh@5_ms"]["p50"] > 0
     assert (tmp_path / "concepts-600" / "complete").exists()
+
+
+def test_the_memory_mapped_catalogue_serves_the_rows_of_its_files(tmp_path: Path):
+    write_memmap(tmp_path, "concepts", 300, seed=1, workers=1)
+    raw = [np.fromfile(tmp_path / f"layer{j}.f16", dtype=np.float16).reshape(300, *s) for j, s in enumerate(SHAPES)]
+    full, prefix = MemmapCatalogue(tmp_path, 300), MemmapCatalogue(tmp_path, 300, rows=120)
+    assert (len(full), len(prefix)) == (300, 120) and full.layer_shapes == tuple(SHAPES)
+    for got, want in zip(prefix.float_maps(torch.tensor([119, 3, 57])), raw):
+        assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(want[[119, 3, 57]]).float())
+    for got, want in zip(full.float_maps(slice(200, 300)), raw):
+        assert torch.equal(got, torch.from_numpy(want[200:300]).float())
+    with pytest.raises(IndexError):
+        prefix.float_maps(torch.tensor([150]))
 
 
 def test_report_has_the_table_and_the_figure(tmp_path: Path):
