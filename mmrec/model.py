@@ -449,10 +449,13 @@ def pair_scores(
     shared: SharedParams,
     cfg: ModelConfig,
     item_factors: Tensor | None = None,
+    visual_bias: Tensor | None = None,
 ) -> Tensor:
     """score() for B aligned pairs (user row k with item row k) without the U x I product: (B,).
 
-    params may also hold one row, shared by every pair (one user against B items).
+    params may also hold one row, shared by every pair (one user against B items). visual_bias (B,):
+    the items' visual_item_bias where the caller keeps it (the retrieval stage does: computing it
+    reads every map again, ~13 % of this function's time); None computes it here.
     """
     fused = 0.0
     for j, layer_maps in enumerate(maps):
@@ -460,7 +463,9 @@ def pair_scores(
             layer_maps, params.interest[:, j], params.channel[:, j], params.attention[:, j], shared.attention_channels[j], cfg
         )
         fused = fused + params.fusion[:, j] * o
-    out = shared.global_bias + params.bias + item_bias + visual_item_bias(maps, shared) + fused
+    if visual_bias is None:
+        visual_bias = visual_item_bias(maps, shared)
+    out = shared.global_bias + params.bias + item_bias + visual_bias + fused
     if cfg.collab_dim:
         out = out + (params.collab * _factors(item_factors, len(item_bias), cfg)).sum(dim=1)
     return out

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmrec.model import ModelConfig, ParamLayout, SharedParams, UserParams, pair_scores
+from mmrec.model import ModelConfig, ParamLayout, SharedParams, UserParams, pair_scores, visual_item_bias
 
 RetrievalMode = Literal["auto", "exact", "shortlist"]
 ScanPrecision = Literal["auto", "float32", "bfloat16"]
@@ -311,6 +311,7 @@ class Retriever:
         self.config = config or RetrievalConfig()
         self.layout = ParamLayout(cfg)
         self._vectors = torch.zeros(0, self._dim())
+        self._visual = torch.zeros(0)  # (rows,) each item's visual_item_bias, for the exact re-scoring
         self._rows = 0  # catalogue rows the vectors cover (a reader on another thread may see more)
         self._revision = -1  # catalogue revision the vectors reflect
         self._source: int | None = None  # id() of the catalogue they were computed from
@@ -325,6 +326,7 @@ class Retriever:
         if self._source != id(catalogue):
             self._source, self._revision, self._rows, self._partitions, self._projection = id(catalogue), -1, 0, None, None
             self._vectors = torch.zeros(0, self._dim())
+            self._visual = torch.zeros(0)
             self._stale = torch.zeros(0, dtype=torch.bool)
         revision = catalogue.revision  # read first: rows published after this are caught next time
         if revision == self._revision:
@@ -335,12 +337,17 @@ class Retriever:
             grown = torch.zeros(max(n, 2 * self._vectors.shape[0]), self._dim())
             grown[: self._vectors.shape[0]] = self._vectors
             self._vectors = grown
+            visual = torch.zeros(grown.shape[0])
+            visual[: self._visual.shape[0]] = self._visual
+            self._visual = visual
             stale = torch.zeros(grown.shape[0], dtype=torch.bool)
             stale[: self._stale.shape[0]] = self._stale
             self._stale = stale
         for start in range(0, changed.numel(), 4096):
             rows = changed[start : start + 4096]
-            self._vectors[rows] = item_vectors(catalogue.float_maps(rows), self.cfg)
+            maps = catalogue.float_maps(rows)
+            self._vectors[rows] = item_vectors(maps, self.cfg)
+            self._visual[rows] = visual_item_bias(maps, self.shared).float()
         self._stale[changed] = True
         self._maybe_project(n, changed)
         self._revision, self._rows = revision, n
@@ -383,7 +390,7 @@ class Retriever:
     @property
     def nbytes(self) -> int:
         """Bytes held: item vectors, plus the lists' reordered copy when partitioned."""
-        total = self._vectors.numel() * 4 + self._stale.numel()
+        total = (self._vectors.numel() + self._visual.numel()) * 4 + self._stale.numel()
         if self._projection is not None:
             total += self._projection.coords.numel() * self._projection.coords.element_size()
         if self._partitions is not None:
@@ -484,6 +491,7 @@ class Retriever:
     @torch.inference_mode()
     def rescore(self, offsets: Tensor, catalogue: ItemSource, rows: Tensor) -> Tensor:
         """Exact scores (U, S) of each user's shortlisted rows (U, S)."""
+        self.sync(catalogue)  # the items' visual bias is kept beside their vectors
         users, size = rows.shape
         out = torch.empty(users, size)
         order = rows.argsort(dim=1)  # each user's rows in catalogue order: a memory-mapped catalogue reads them ~2x faster
@@ -497,7 +505,13 @@ class Retriever:
             one_user = bool((who == who[0]).all())
             params = self.layout.split(params_all[who[:1]] if one_user else params_all[who])
             scores = pair_scores(
-                params, catalogue.float_maps(part), catalogue.item_bias[part], self.shared, self.cfg, catalogue.item_factors[part]
+                params,
+                catalogue.float_maps(part),
+                catalogue.item_bias[part],
+                self.shared,
+                self.cfg,
+                catalogue.item_factors[part],
+                self._visual[part],
             )
             out.view(-1)[start:stop] = scores
         return torch.empty_like(out).scatter_(1, order, out)

@@ -11,7 +11,7 @@ from mmrec.model import ModelConfig, ParamLayout, SharedParams, score
 from mmrec.recommend import Recommender
 from mmrec.retrieval import RetrievalConfig, Retriever, _best, _normal_equations, _scan, _solve, item_vectors, user_vectors
 from mmrec.user_state import id_hash
-from tests.synthetic_items import VERSION, make_items
+from tests.synthetic_items import VERSION, make_item, make_items
 
 CFG = ModelConfig()
 GRIDS = [(14, 14), (14, 14), (7, 7)]
@@ -105,6 +105,22 @@ def test_rescored_shortlist_equals_exact_scores_of_those_rows():
     assert rows.shape == (4, 12) and all(len(set(r.tolist())) == 12 for r in rows)
     full = Recommender(CFG, shared, RetrievalConfig(mode="exact")).scores(offsets, cat)
     torch.testing.assert_close(retriever.rescore(offsets, cat, rows), full.gather(1, rows))
+
+
+def test_rescoring_uses_each_items_current_visual_bias():
+    """The retrieval stage keeps every item's visual bias beside its vectors (the re-scoring would
+    otherwise read every map again); replaced and added items get theirs."""
+    cat = catalogue(60)
+    offsets = trained_like_offsets(3, seed=2)
+    shared = shared_params(CFG, dtype=torch.float32)  # a visual bias that is not zero
+    retriever = Retriever(CFG, shared, RetrievalConfig(mode="shortlist"))
+    exact = Recommender(CFG, shared, RetrievalConfig(mode="exact"))
+    rows = retriever.shortlist(offsets, cat, 20)
+    torch.testing.assert_close(retriever.rescore(offsets, cat, rows), exact.scores(offsets, cat).gather(1, rows))
+    replaced = [make_item(f"m{i:07d}", seed=500 + i) for i in range(10)]  # the first 10 ids, other maps
+    cat.add(replaced + make_items(15, start=900))
+    rows = torch.arange(75).expand(3, -1)
+    torch.testing.assert_close(retriever.rescore(offsets, cat, rows), exact.scores(offsets, cat))
 
 
 def test_shortlist_mode_leaves_out_seen_media():
