@@ -228,8 +228,8 @@ def _scan_dtype(coords: Tensor, precision: ScanPrecision) -> torch.dtype:
     refresh 0.87x the time; with oneDNN limited to AVX2 the scan alone 2.5x slower; at 1 thread no
     gain). auto times both on these coordinates, at the current thread count, interleaved so that a
     busy moment of a shared machine weighs on both, in three rounds, and keeps bfloat16 if it wins
-    clearly in one (measured at 2 threads: one round in six saw ~1.0, the bfloat16 scan at its one-thread
-    speed; the others 1.5-1.6)."""
+    clearly in one (measured at 2 threads: one round in six saw ~1.0, the bfloat16 scan at its
+    one-thread speed; the others 1.5-1.6)."""
     if precision != "auto":
         return getattr(torch, precision)
     wide = coords[:_PRECISION_PROBE_ROWS]

@@ -128,7 +128,8 @@ class MemmapCatalogue(ArrayCatalogue):
     """fp16 maps in one file per layer under `folder` (write_memmap), read through the page cache:
     the process holds what refreshes touch, not the catalogue's size on disk. The maps are tensors
     over private (copy-on-write, never written) mappings, so rows are gathered by torch's
-    index_select, as from the in-memory catalogue, not by numpy's fancy indexing (~3x slower).
+    index_select, as from the in-memory catalogue, not by numpy's fancy indexing (measured: a 1M-item
+    refresh's gathers 1.7 against 2.4 ms).
 
     rows: serve only the first `rows` of the `count` items in the files (default: all).
     """
