@@ -215,10 +215,15 @@ class _Projection:
     def update(self, vectors: Tensor, rows: Tensor, n: int) -> None:
         """Coordinates of changed rows (R,) long, whose psi are vectors (R, D); n rows in all."""
         if self.coords.shape[0] < n:
-            grown = self.coords.new_zeros(max(n, 2 * self.coords.shape[0]), self.basis.shape[1])
-            grown[: self.coords.shape[0]] = self.coords
-            self.coords = grown
+            self.coords = _grown(self.coords, max(n, 2 * self.coords.shape[0]))
         self.coords[rows] = self.project(vectors).to(self.coords.dtype)
+
+
+def _grown(tensor: Tensor, rows: int) -> Tensor:
+    """tensor (R, ...) extended with zero rows to (rows, ...), same dtype."""
+    out = tensor.new_zeros(rows, *tensor.shape[1:])
+    out[: tensor.shape[0]] = tensor
+    return out
 
 
 def _scan_dtype(coords: Tensor, precision: ScanPrecision) -> torch.dtype:
@@ -334,15 +339,8 @@ class Retriever:
         changed = torch.arange(len(catalogue)) if self._revision < 0 else catalogue.rows_changed_since(self._revision)
         n = max(self._rows, int(changed.max()) + 1 if changed.numel() else 0)
         if self._vectors.shape[0] < n:
-            grown = torch.zeros(max(n, 2 * self._vectors.shape[0]), self._dim())
-            grown[: self._vectors.shape[0]] = self._vectors
-            self._vectors = grown
-            visual = torch.zeros(grown.shape[0])
-            visual[: self._visual.shape[0]] = self._visual
-            self._visual = visual
-            stale = torch.zeros(grown.shape[0], dtype=torch.bool)
-            stale[: self._stale.shape[0]] = self._stale
-            self._stale = stale
+            capacity = max(n, 2 * self._vectors.shape[0])
+            self._vectors, self._visual, self._stale = (_grown(t, capacity) for t in (self._vectors, self._visual, self._stale))
         for start in range(0, changed.numel(), 4096):
             rows = changed[start : start + 4096]
             maps = catalogue.float_maps(rows)
