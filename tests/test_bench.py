@@ -16,6 +16,7 @@ from mmrec.bench.synthetic import SHAPES, MemmapCatalogue, write_memmap
 from mmrec.cli import main
 from mmrec.model import ModelConfig, ParamLayout, SharedParams
 from worker.soak_bench import summarize
+from worker.stream_bench import cpu_budget, model_ms_per_interaction
 
 
 def test_useful_flops_of_the_default_configuration():
@@ -85,11 +86,21 @@ def test_report_has_the_table_and_the_figure(tmp_path: Path):
         {"bench": "retrieval", "machine": machine, "config": {}, "figures": {"1000000": {
             "recall@100": {"mean": 0.97, "min": 0.9, "shortlist": 1000}, "recall@20": {"mean": 0.99, "min": 0.95, "shortlist": 200},
             "refresh@100_ms": {"p50": 10.0, "p99": 15.0}, "refresh@20_ms": {"p50": 5.0, "p99": 8.0}}}},
+        {"bench": "stream", "machine": machine, "config": {"fetch_max_wait_ms": 10}, "figures": {
+            "floor_ms": {"p50": 4.0, "p99": 8.0}, "sustained_rate": None,
+            "target_rate": {"offered_per_s": 1000.0, "answered_per_s": 200.0, "answered_share": 0.9, "sustained": False,
+                            "latency_ms": {"p50": 900.0, "p99": 4000.0}, "model_ms_per_interaction": {"step": 0.7, "refresh": 2.5, "total": 3.2}},
+            "pipeline_floor": {"offered_per_s": 1000.0, "answered_per_s": 990.0, "latency_ms": {"p50": 50.0, "p99": 130.0},
+                               "cores": {"broker": 0.9, "load_generator": 0.2, "relay": 0.3}},
+            "cpu_budget": {"cores": 2, "traffic_cores": 1.1, "model_cores": 3.2, "lower_bound_cores": 4.3, "fits": False}}},
     ]
     text = write_report(results, tmp_path, total_seconds=12.0)
     assert "| scoring (1 thread, load 0.5) | ratio_vs_naive | 2 [1-3] | >= 100 | **no** |" in text
     assert "| update | click: examples + step, p50 / p99 ms | 0.3 / 0.8 | p99 < 1 ms | yes |" in text
     assert "recall@100 (shortlist 1000), mean / worst user | 0.97 / 0.9 | >= 0.95 | yes |" in text
+    assert "| stream | worker model ms per interaction: online step + one user's refresh | 0.7 + 2.5 |  |  |" in text
+    assert "| stream | pipeline floor cores: broker, load generator, relay | 0.9, 0.2, 0.3 |  |  |" in text
+    assert "| stream | cores needed at 1000.0/s, at least: traffic + model (of 2) | 1.1 + 3.2 = 4.3 | < 2 | **no** |" in text
     assert (tmp_path / "report.md").read_text() == text
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
@@ -150,3 +161,22 @@ def test_stream_command_with_split_roles_runs_a_learn_and_a_score_process(capsys
     assert measured["answered_per_s"] > 0 and measured["latency_ms"]["p50"] > 0 and measured["worker_rss_mb"] > 0
     metrics = out["figures"]["worker_metrics"]
     assert metrics["learn:mmrec_online_step_seconds_count"] > 0 and metrics["score:mmrec_active_users"] > 0
+    model = measured["model_ms_per_interaction"]
+    assert model["step"] > 0 and model["refresh"] > 0 and model["total"] == model["step"] + model["refresh"]
+    assert set(measured["cores"]) == {"broker", "load_generator", "worker"} and measured["cores"]["worker"] > 0
+    floor = out["figures"]["pipeline_floor"]
+    assert floor["answered_share"] > 0.9 and floor["cores"]["relay"] > 0 and floor["cores"]["broker"] > 0
+    budget = out["figures"]["cpu_budget"]
+    assert budget["lower_bound_cores"] == budget["traffic_cores"] + budget["model_cores"]
+
+
+def test_model_time_per_interaction_is_a_step_plus_one_users_share_of_a_refresh():
+    """Deltas between two scrapes, summed over roles: 3 steps in 0.003 s, 4 users refreshed in 0.02 s."""
+    before = {"learn:mmrec_online_step_seconds_sum": 1.0, "learn:mmrec_online_step_seconds_count": 10.0,
+              "score:mmrec_refresh_seconds_sum": 2.0, "score:mmrec_refreshed_users_total": 5.0}
+    after = {"learn:mmrec_online_step_seconds_sum": 1.003, "learn:mmrec_online_step_seconds_count": 13.0,
+             "score:mmrec_refresh_seconds_sum": 2.02, "score:mmrec_refreshed_users_total": 9.0}
+    ms = model_ms_per_interaction(before, after)
+    assert ms["step"] == pytest.approx(1.0) and ms["refresh"] == pytest.approx(5.0) and ms["total"] == pytest.approx(6.0)
+    budget = cpu_budget(1000.0, {"cores": {"broker": 0.9, "load_generator": 0.2, "relay": 0.3}}, {"model_ms_per_interaction": ms})
+    assert budget["model_cores"] == pytest.approx(6.0) and budget["lower_bound_cores"] == pytest.approx(7.1) and not budget["fits"]

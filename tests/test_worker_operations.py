@@ -184,6 +184,12 @@ def test_workers_of_each_role_are_scraped_and_their_metrics_move_as_events_flow(
     assert consumed(score, base.topic_user_updates) == 3
     assert value(score, "mmrec_recommendations_emitted_total", trigger="interaction") >= 2
     assert value(score, "mmrec_interaction_to_recommendation_seconds_count") >= 2
+    # every list an interaction triggered comes from a timed refresh call (a new item's list may as well)
+    emitted = sum(v for (name, _), v in score.items() if name == "mmrec_recommendations_emitted_total")
+    refreshed = value(score, "mmrec_refreshed_users_total")
+    assert value(score, "mmrec_recommendations_emitted_total", trigger="interaction") <= refreshed <= emitted
+    assert value(score, "mmrec_refresh_seconds_count") >= 1
+    assert value(learn, "mmrec_refreshed_users_total") == 0
     assert value(score, "mmrec_active_users") == 2 and value(score, "mmrec_catalogue_items") == len(IMAGES)
     assert any(name == "mmrec_model_info" and v == 1 for (name, _), v in score.items())
     assert value(score, "faust_topic_messages_sent_total", topic=f"topic.{base.topic_recommendations}") >= 2

@@ -64,6 +64,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.refresh_seconds = Histogram(
+            "mmrec_refresh_seconds", "Scoring time of one refresh call (a batch of users ranked together).", buckets=_LATENCY_BUCKETS, registry=registry
+        )
+        self.refreshed_users = Counter("mmrec_refreshed_users_total", "Users ranked by refresh calls.", registry=registry)
         self.recommendations = Counter(
             "mmrec_recommendations_emitted_total", "Recommendation lists sent, by trigger.", ["trigger"], registry=registry
         )

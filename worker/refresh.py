@@ -144,7 +144,10 @@ class Refresher:
         actives = [self.active[u] for u in users]
         offsets = _stack_offsets(actives)
         seen = [np.frombuffer(a.seen, dtype=np.uint64).tolist() for a in actives]
+        started = time.perf_counter()
         rows, scores = self.runtime.recommender.top_k_rows(offsets, self.runtime.catalogue, self.settings.top_k, seen)
+        self.runtime.metrics.refresh_seconds.observe(time.perf_counter() - started)
+        self.runtime.metrics.refreshed_users.inc(len(users))
         for user, active, user_rows, user_scores, due in zip(users, actives, rows.numpy(), scores.numpy(), dues):
             keep = np.isfinite(user_scores)
             active.top_rows, active.top_scores = user_rows[keep].copy(), user_scores[keep].astype(np.float32)

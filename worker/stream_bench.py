@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from worker import pipeline_floor
 from worker.subprocesses import stop as terminate
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ async def _main(args: argparse.Namespace) -> dict:
         await create_topics(settings)
         floor = await _floor(broker.bootstrap, f"{settings.client_id}.floor", settings.partitions, args.rate, min(args.seconds, 10.0), args.fetch_wait_ms)
         floor_default = await _floor(broker.bootstrap, f"{settings.client_id}.floor-default", settings.partitions, args.rate, 5.0, None)
+        floor_settings = bench_settings(broker.bootstrap, folder / "pipeline-floor", args.torch_threads)
+        pipeline = await pipeline_floor.measure(floor_settings, broker.pid, args.rate, args.seconds, args.fetch_wait_ms, args.users)
         roles = ("all",) if args.roles == "all" else ("learn", "score")
         runs: list[dict] = []
         startup: tuple[float, float] | None = None  # the first worker's catalogue injection and readiness seconds
@@ -98,7 +101,7 @@ async def _main(args: argparse.Namespace) -> dict:
                 settings = bench_settings(broker.bootstrap, folder / f"rate-{rate:g}", args.torch_threads)
                 await create_topics(settings)
             async with running_worker(settings, args.items, args.fetch_wait_ms, roles) as worker:
-                measured, metrics = await _measure(settings, worker, rate, args)
+                measured, metrics = await _measure(settings, worker, rate, args, broker.pid)
             runs.append(measured)
             startup = startup or (worker.inject_s, worker.ready_s)
             if measured["sustained"]:
@@ -109,6 +112,8 @@ async def _main(args: argparse.Namespace) -> dict:
     figures = {
         "floor_ms": floor,
         "floor_default_client_ms": floor_default,
+        "pipeline_floor": pipeline,
+        "cpu_budget": cpu_budget(args.rate, pipeline, target),
         "target_rate": target,
         "sustained_rate": best["answered_per_s"] if best else None,
         "at_sustained": best,
@@ -126,19 +131,47 @@ async def _main(args: argparse.Namespace) -> dict:
     return {"config": config, "figures": figures, "notes": notes}
 
 
-async def _measure(settings: Settings, worker: RunningWorker, rate: float, args: argparse.Namespace) -> tuple[dict, dict[str, float]]:
-    """A warm-up, then `rate` interactions/s for --seconds: the run's figures and the worker's metrics."""
+async def _measure(settings: Settings, worker: RunningWorker, rate: float, args: argparse.Namespace, broker_pid: int) -> tuple[dict, dict[str, float]]:
+    """A warm-up, then `rate` interactions/s for --seconds: the run's figures (with the cores each
+    process used and the worker's model time per interaction, over the paced window) and the
+    worker's metrics."""
     session = Session(settings, worker.media, args.users, args.fetch_wait_ms)
     await session.start()
     try:
         await session.run(rate=50.0, seconds=3.0)  # warm-up: first calls, kernels, table files
-        cpu0 = worker.cpu_seconds()
+        cpu0, metrics0, before, t0 = worker.cpu_seconds(), worker.metrics(), pipeline_floor.Cpu.read(broker_pid), time.perf_counter()
         measured = await session.run(rate=rate, seconds=args.seconds)
-        measured["worker_cpu_ms_per_event"] = 1e3 * (worker.cpu_seconds() - cpu0) / max(1, measured["sent"])
+        cores = pipeline_floor.Cpu.read(broker_pid).cores_since(before, time.perf_counter() - t0)
+        worker_cpu = worker.cpu_seconds() - cpu0
+        measured["cores"] = {"broker": cores["broker"], "load_generator": cores["load_generator"], "worker": worker_cpu / (time.perf_counter() - t0)}
+        measured["worker_cpu_ms_per_event"] = 1e3 * worker_cpu / max(1, measured["sent"])
+        measured["model_ms_per_interaction"] = model_ms_per_interaction(metrics0, worker.metrics())
         measured["worker_rss_mb"] = worker.rss_mb()
     finally:
         await session.stop()
     return measured, worker.metrics()
+
+
+def model_ms_per_interaction(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The worker's model time per interaction between two scrapes (ms): its online step and one
+    user's share of a refresh call, from the worker's own histograms (summed over roles)."""
+    def delta(name: str) -> float:
+        return sum(after[k] - before.get(k, 0.0) for k in after if k.rpartition(":")[2] == name)
+
+    step = 1e3 * delta("mmrec_online_step_seconds_sum") / max(1.0, delta("mmrec_online_step_seconds_count"))
+    refresh = 1e3 * delta("mmrec_refresh_seconds_sum") / max(1.0, delta("mmrec_refreshed_users_total"))
+    return {"step": step, "refresh": refresh, "total": step + refresh}
+
+
+def cpu_budget(rate: float, pipeline: dict, target: dict) -> dict:
+    """What `rate` interactions/s needs of this machine at the least: the broker's and the load
+    generator's cores with no model work (the pipeline floor at that rate) plus the worker's model time
+    per interaction (measured in the worker at the target rate, in its own batches) times the rate.
+    Faust, the table store and every line of Python glue come on top."""
+    traffic = pipeline["cores"]["broker"] + pipeline["cores"]["load_generator"]
+    model = rate * target["model_ms_per_interaction"]["total"] / 1e3
+    cores = len(os.sched_getaffinity(0))
+    return {"cores": cores, "traffic_cores": traffic, "model_cores": model, "lower_bound_cores": traffic + model, "fits": traffic + model < cores}
 
 
 def bench_settings(bootstrap: str, folder: Path, torch_threads: int) -> Settings:
@@ -362,7 +395,7 @@ async def _wait_ready(settings: Settings, items: int, worker: subprocess.Popen, 
 def scrape(settings: Settings) -> dict[str, float]:
     """A few of the worker's own metrics (Prometheus text)."""
     wanted = ("mmrec_catalogue_items", "mmrec_active_users", "mmrec_users_held", "mmrec_online_step_seconds_sum",
-              "mmrec_online_step_seconds_count", "mmrec_refresh_latency_seconds_sum", "mmrec_refresh_latency_seconds_count")
+              "mmrec_online_step_seconds_count", "mmrec_refresh_seconds_sum", "mmrec_refresh_seconds_count", "mmrec_refreshed_users_total")
     out: dict[str, float] = {}
     try:
         with urllib.request.urlopen(f"http://{settings.web_host}:{settings.web_port}/metrics", timeout=5) as resp:

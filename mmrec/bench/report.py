@@ -113,7 +113,21 @@ def rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
             ("stream", "sustained rate /s (latency p50 / p99 ms there)", f"{_num(f.get('sustained_rate'))} ({_num(_get(best, 'latency_ms', 'p50'))} / {_num(_get(best, 'latency_ms', 'p99'))})", "", ""),
             ("stream", "ratio_vs_floor p50 / p99", f"{_num(f.get('ratio_vs_floor_p50'))} / {_num(f.get('ratio_vs_floor_p99'))}", "", ""),
             ("stream", "worker CPU ms per interaction offered, resident MB", f"{_num(target.get('worker_cpu_ms_per_event'))}, {_num(target.get('worker_rss_mb'))}", "", ""),
+            ("stream", "worker model ms per interaction: online step + one user's refresh", f"{_num(_get(target, 'model_ms_per_interaction', 'step'))} + {_num(_get(target, 'model_ms_per_interaction', 'refresh'))}", "", ""),
         ]
+        pipeline = f.get("pipeline_floor") or {}
+        budget = f.get("cpu_budget") or {}
+        if pipeline:
+            rate = pipeline.get("offered_per_s")
+            out += [
+                ("stream", f"pipeline floor (4 hops, no model) at {rate}/s: answered/s; p50 / p99 ms", f"{_num(pipeline.get('answered_per_s'))}; {_num(_get(pipeline, 'latency_ms', 'p50'))} / {_num(_get(pipeline, 'latency_ms', 'p99'))}", "", ""),
+                ("stream", "pipeline floor cores: broker, load generator, relay", ", ".join(_num(_get(pipeline, "cores", k)) for k in ("broker", "load_generator", "relay")), "", ""),
+            ]
+        if budget:
+            out.append(
+                ("stream", f"cores needed at {target.get('offered_per_s')}/s, at least: traffic + model (of {budget.get('cores')})",
+                 f"{_num(budget.get('traffic_cores'))} + {_num(budget.get('model_cores'))} = {_num(budget.get('lower_bound_cores'))}", f"< {budget.get('cores')}", _verdict(budget.get("fits")))
+            )
     return out
 
 
