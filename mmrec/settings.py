@@ -89,6 +89,10 @@ class RecommendSettings(BaseModel):
     top_k: int = Field(20, ge=1, le=1000, description="Items in each published recommendation list.")
     refresh_debounce_ms: float = Field(20.0, ge=0, le=60_000, description="Events of one user closer than this are answered with one refresh.")
     refresh_batch: int = Field(64, ge=1, le=4096, description="Users scored together in one refresh batch.")
+    refresh_fill_ms: float = Field(
+        100.0, ge=0, le=60_000,
+        description="When the longest-pending user's event is older than this (the worker is behind), the refresher waits up to this long again for a full batch, which costs less per user; 0: never wait (docs/design.md, Streaming).",
+    )
     active_user_window_s: float = Field(3600.0, ge=0, description="Users active this recently get a refresh when new media arrive.")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -132,3 +133,42 @@ def test_a_closed_refresher_publishes_nothing_and_its_loop_ends():
 
     asyncio.run(run_and_offer_items())
     assert topic.sent == []
+
+
+def test_a_refresher_that_is_behind_waits_for_full_batches_and_one_that_keeps_up_does_not(monkeypatch):
+    """refresh_fill_ms: once the longest-pending user's event is older than it, pending users wait (at
+    most that long again) for a full batch, which costs less per user; fresh events are refreshed at once."""
+    rt = runtime(60, RetrievalConfig(mode="shortlist", shortlist_min=30, shortlist_factor=1))
+    rt.settings = Settings(top_k=5, refresh_debounce_ms=0, refresh_batch=64, refresh_fill_ms=1500)
+    monkeypatch.setattr(refresh, "_PAIRS_PER_BATCH", 90)  # 3 users per batch
+    topic = Topic()
+    refresher = Refresher(rt, topic)  # type: ignore[arg-type]
+    calls = []
+    real = rt.recommender.top_k_rows
+    rt.recommender.top_k_rows = lambda offsets, *a: calls.append(offsets.shape[0]) or real(offsets, *a)
+
+    def note(i: int, age_s: float) -> None:
+        refresher.note(f"u{i}", state(i), 0, Trigger(kind="interaction", event_id=f"e{i}"), time.time() - age_s, True)
+
+    async def sent(count: int) -> None:
+        while len(topic.sent) < count:
+            await asyncio.sleep(0.005)
+
+    async def scenario() -> float:
+        task = asyncio.create_task(refresher.run())
+        note(0, age_s=0.0), note(1, age_s=0.0)  # keeping up: no wait
+        await asyncio.wait_for(sent(2), timeout=0.75)
+        assert calls == [2]
+        note(2, age_s=5.0), note(3, age_s=5.0)  # behind: waits for a third
+        await asyncio.sleep(0.1)
+        assert calls == [2] and len(topic.sent) == 2
+        note(4, age_s=0.0)
+        await asyncio.wait_for(sent(5), timeout=5)
+        assert calls == [2, 3]
+        started = time.monotonic()
+        note(5, age_s=5.0)  # behind and alone: waits out the fill, then goes
+        await asyncio.wait_for(sent(6), timeout=5)
+        task.cancel()
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) >= 1.5 and calls == [2, 3, 1]

@@ -18,6 +18,7 @@ catalogue rows and scores (numpy), not Python objects (docs/design.md, "Memory")
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -109,10 +110,28 @@ class Refresher:
             if debounce:
                 await asyncio.sleep(debounce)
             while self.dirty and not self._closed:
+                await self._fill()
                 batch = list(self.dirty)[: self.batch_size()]
                 dues = [self.dirty.pop(user) for user in batch]
                 await self._refresh(batch, dues)
             self._evict_inactive()
+
+    async def _fill(self) -> None:
+        """When behind (the longest-pending user's event is older than refresh_fill_ms), waits up to
+        refresh_fill_ms more for a full batch: a refresh costs less per user in larger batches, so a
+        worker that has fallen behind catches up; one that keeps up refreshes what is pending at once."""
+        limit = self.settings.refresh_fill_ms / 1000
+        oldest = next(iter(self.dirty.values()), None)
+        if not limit or oldest is None or oldest.produced_at is None or time.time() - oldest.produced_at < limit:
+            return
+        deadline = time.monotonic() + limit
+        while len(self.dirty) < self.batch_size() and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
 
     async def on_new_items(self, media_ids: list[str]) -> None:
         """New catalogue items: offer them to every active user's current list."""
