@@ -8,7 +8,11 @@ Measures, on the same broker in the same run:
   mmrec.item_codec, as the extraction role writes it), interactions of `--users` users on random items
   paced at `--rate` per second, and for each interaction the time from handing it to the producer to
   reading the recommendation it triggered on the output topic (matched by the trigger's event id);
-  the sustained rate is the interactions answered per second while paced.
+  the sustained rate is the interactions answered per second while paced;
+- the pipeline floor (worker/pipeline_floor.py): the worker's four Kafka hops per interaction with no
+  model, at the target rate; with the cores the broker, the load generator and each worker use while
+  paced, and the worker's model time per interaction (from its own metrics), `cpu_budget` states the
+  fewest cores the target rate needs on this machine.
 If the worker cannot keep up at `--rate` (answers fall behind), lower rates are tried, each on a
 fresh worker (a backlog carried over would sink them all), to find the sustainable one. The
 worker's CPU time per interaction and its resident memory are read from /proc.
