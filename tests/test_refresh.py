@@ -172,3 +172,32 @@ def test_a_refresher_that_is_behind_waits_for_full_batches_and_one_that_keeps_up
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) >= 1.5 and calls == [2, 3, 1]
+
+
+def test_users_revoked_while_the_refresher_waits_for_a_batch_are_dropped_and_it_goes_on(monkeypatch):
+    """A rebalance may take every pending user away during the wait for a full batch: nothing is
+    refreshed for them, and the refresher keeps serving the users it still owns."""
+    rt = runtime(60, RetrievalConfig(mode="shortlist", shortlist_min=30, shortlist_factor=1))
+    rt.settings = Settings(top_k=5, refresh_debounce_ms=0, refresh_batch=64, refresh_fill_ms=300)
+    monkeypatch.setattr(refresh, "_PAIRS_PER_BATCH", 90)  # 3 users per batch
+    topic = Topic()
+    refresher = Refresher(rt, topic)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(refresher.run())
+        refresher.note("gone", state(0), 3, Trigger(kind="interaction", event_id="e0"), time.time() - 5, True)
+        await asyncio.sleep(0.1)  # behind: waiting for a full batch
+        refresher.forget({3})
+        await asyncio.sleep(0.4)  # past the fill: nothing left to refresh
+        refresher.note("kept", state(1), 1, Trigger(kind="interaction", event_id="e1"), time.time(), True)
+        await asyncio.wait_for(_until(lambda: topic.sent), timeout=5)
+        assert not task.done()
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert [m["user_id"] for m in topic.sent] == ["kept"]
+
+
+async def _until(condition) -> None:  # noqa: ANN001
+    while not condition():
+        await asyncio.sleep(0.005)

@@ -112,6 +112,8 @@ class Refresher:
             while self.dirty and not self._closed:
                 await self._fill()
                 batch = list(self.dirty)[: self.batch_size()]
+                if not batch:  # every pending user's partition was revoked while it waited
+                    break
                 dues = [self.dirty.pop(user) for user in batch]
                 await self._refresh(batch, dues)
             self._evict_inactive()
@@ -125,7 +127,7 @@ class Refresher:
         if not limit or oldest is None or oldest.produced_at is None or time.time() - oldest.produced_at < limit:
             return
         deadline = time.monotonic() + limit
-        while len(self.dirty) < self.batch_size() and not self._closed:
+        while self.dirty and len(self.dirty) < self.batch_size() and not self._closed:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
