@@ -204,11 +204,16 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     ax = axes[1][1]
     if "stream" in by:
         f = by["stream"]["figures"]
-        labels = ["floor"]
+        labels = ["round trip"]
         p50s, p99s = [f["floor_ms"]["p50"]], [f["floor_ms"]["p99"]]
+        pipeline = f.get("pipeline_floor")
+        if pipeline:
+            labels.append(f"4 hops, no model\n{pipeline['offered_per_s']:.0f}/s")
+            p50s.append(pipeline["latency_ms"]["p50"])
+            p99s.append(pipeline["latency_ms"]["p99"])
         for run in [f.get("target_rate"), f.get("at_sustained")]:
             if run:
-                labels.append(f"worker {run['offered_per_s']:.0f}/s")
+                labels.append(f"worker\n{run['offered_per_s']:.0f}/s")
                 p50s.append(run["latency_ms"]["p50"])
                 p99s.append(run["latency_ms"]["p99"])
         x = range(len(labels))
