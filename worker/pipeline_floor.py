@@ -34,26 +34,19 @@ _WAIT_ENV = "MMREC_BENCH_FETCH_WAIT_MS"
 
 @dataclass(frozen=True)
 class Cpu:
-    """CPU seconds of the processes on the machine, read at one moment."""
+    """CPU seconds of named processes, read at one moment."""
 
-    broker: float
-    load_generator: float
-    relay: float
+    seconds: dict[str, float]
 
     @classmethod
-    def read(cls, broker_pid: int, relay_pid: int | None = None) -> Cpu:
+    def read(cls, **pids: int) -> Cpu:
         from worker.stream_bench import cpu_seconds
 
-        own = os.times()
-        return cls(cpu_seconds(broker_pid), own.user + own.system, cpu_seconds(relay_pid) if relay_pid else 0.0)
+        return cls({name: cpu_seconds(pid) for name, pid in pids.items()})
 
-    def cores_since(self, earlier: Cpu, seconds: float) -> dict[str, float]:
-        """Cores each used from `earlier` to this reading, over `seconds` of wall time."""
-        return {
-            "broker": (self.broker - earlier.broker) / seconds,
-            "load_generator": (self.load_generator - earlier.load_generator) / seconds,
-            "relay": (self.relay - earlier.relay) / seconds,
-        }
+    def cores_since(self, earlier: Cpu, elapsed: float) -> dict[str, float]:
+        """Cores each process used from `earlier` to this reading, over `elapsed` seconds of wall time."""
+        return {name: (seconds - earlier.seconds[name]) / elapsed for name, seconds in self.seconds.items()}
 
 
 async def measure(settings: Settings, broker_pid: int, rate: float, seconds: float, wait_ms: int, users: int) -> dict:
@@ -77,9 +70,10 @@ async def measure(settings: Settings, broker_pid: int, rate: float, seconds: flo
         deadline = time.perf_counter() + 60
         while session.sent and time.perf_counter() < deadline:  # every warm-up interaction answered: both joined
             await asyncio.sleep(0.1)
-        before, t0 = Cpu.read(broker_pid, relay.pid), time.perf_counter()
+        pids = {"broker": broker_pid, "load_generator": os.getpid(), "relay": relay.pid}
+        before, t0 = Cpu.read(**pids), time.perf_counter()
         measured = await session.run(rate=rate, seconds=seconds)
-        measured["cores"] = Cpu.read(broker_pid, relay.pid).cores_since(before, time.perf_counter() - t0)
+        measured["cores"] = Cpu.read(**pids).cores_since(before, time.perf_counter() - t0)
     finally:
         await session.stop()
         terminate(relay, grace_s=5)

@@ -143,11 +143,11 @@ async def _measure(settings: Settings, worker: RunningWorker, rate: float, args:
     await session.start()
     try:
         await session.run(rate=50.0, seconds=3.0)  # warm-up: first calls, kernels, table files
-        cpu0, metrics0, before, t0 = worker.cpu_seconds(), worker.metrics(), pipeline_floor.Cpu.read(broker_pid), time.perf_counter()
+        pids = {"broker": broker_pid, "load_generator": os.getpid()}
+        cpu0, metrics0, before, t0 = worker.cpu_seconds(), worker.metrics(), pipeline_floor.Cpu.read(**pids), time.perf_counter()
         measured = await session.run(rate=rate, seconds=args.seconds)
         elapsed, worker_cpu = time.perf_counter() - t0, worker.cpu_seconds() - cpu0
-        cores = pipeline_floor.Cpu.read(broker_pid).cores_since(before, elapsed)
-        measured["cores"] = {"broker": cores["broker"], "load_generator": cores["load_generator"], "worker": worker_cpu / elapsed}
+        measured["cores"] = pipeline_floor.Cpu.read(**pids).cores_since(before, elapsed) | {"worker": worker_cpu / elapsed}
         measured["worker_cpu_ms_per_event"] = 1e3 * worker_cpu / max(1, measured["sent"])
         measured["model_ms_per_interaction"] = model_ms_per_interaction(metrics0, worker.metrics())
         measured["worker_rss_mb"] = worker.rss_mb()
