@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mmrec.commands.train", "fit the shared parts and every user's parameters from an interaction log"),
     "score": ("mmrec.commands.score", "write a trained model's scores as CSV user_id,media_id,score"),
     "evaluate": ("mmrec.commands.evaluate", "full-ranking offline (and prequential) evaluation of every registered ranker"),
+    "compare": ("mmrec.commands.compare", "pool `mmrec evaluate --json` results of several data sets: NDCG@10 and paired differences"),
     "dataset": ("mmrec.commands.dataset", "generate a benchmark data set (dataset make visual-taste --out DIR)"),
     "bench": ("mmrec.commands.bench", "benchmarks: scoring, update, extract, stream, retrieval, or all (make bench)"),
     "worker": ("worker.main", "run a streaming worker against the configured Kafka cluster"),

@@ -1,0 +1,49 @@
+"""`mmrec compare RESULT.json ...`: rankers across several data sets, from their `mmrec evaluate --json`.
+
+    mmrec compare a.json b.json c.json [--json pooled.json] [--plot differences.png --reference NAME]
+
+Prints each ranker's test NDCG@10 per data set and pooled, and every paired difference per data set
+and pooled with its standard error and z (mmrec/evaluation/pooling.py says how). The plot draws the
+reference ranker minus each other one, per data set and pooled, +- 2 standard errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mmrec.evaluation.pooling import compare, format_comparison, plot, to_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="+", type=Path, help="`mmrec evaluate --json` files, one per data set")
+    parser.add_argument("--names", help="comma-separated data set names (default: the files' stems)")
+    parser.add_argument("--json", type=Path, help="write the pooled numbers here")
+    parser.add_argument("--plot", type=Path, help="write the reference's differences here (PNG)")
+    parser.add_argument("--reference", default="mmrec-hybrid", help="the ranker the plot subtracts the others from")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = args.names.split(",") if args.names else [p.stem for p in args.results]
+    if len(names) != len(args.results):
+        print(f"mmrec compare: {len(names)} names for {len(args.results)} results", file=sys.stderr)
+        return 2
+    try:
+        documents = [json.loads(p.read_text()) for p in args.results]
+        comparison = compare(documents, names)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"mmrec compare: {exc}", file=sys.stderr)
+        return 2
+    if args.plot and args.reference not in comparison.rankers:
+        print(f"mmrec compare: --reference {args.reference} is not in every result ({', '.join(comparison.rankers)})", file=sys.stderr)
+        return 2
+    print(format_comparison(comparison))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(to_json(comparison), indent=2, allow_nan=True) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(comparison, args.reference, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,149 @@
+"""Rankers compared across several data sets: the `mmrec evaluate --json` results of each, pooled.
+
+Each data set counts once (not by its number of users): a ranker's pooled NDCG@10 is the mean of its
+per-data-set values, and a pooled paired difference is the mean of the per-data-set paired
+differences, with standard error sqrt(sum of their squared standard errors) / (number of data sets).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("overall", "cold")
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """One quantity over the data sets: the per-data-set (value, standard error) and their pooled mean."""
+
+    per_data: tuple[tuple[float, float], ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(v for v, _ in self.per_data) / len(self.per_data)
+
+    @property
+    def se(self) -> float:
+        return math.sqrt(sum(s * s for _, s in self.per_data)) / len(self.per_data)
+
+    @property
+    def z(self) -> float:
+        """The mean in standard errors (inf when the standard error is 0 and the mean is not)."""
+        if self.se > 0:
+            return self.mean / self.se
+        return 0.0 if self.mean == 0 else math.copysign(math.inf, self.mean)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Rankers present in every result, their NDCG@10 per data set and pooled, and paired differences."""
+
+    names: tuple[str, ...]  # data sets, in the order given
+    rankers: tuple[str, ...]
+    ndcg: dict[str, dict[str, Pooled]]  # section -> ranker -> NDCG@10 (its standard error over users)
+    paired: dict[str, dict[str, dict[str, Pooled]]]  # section -> a -> b -> NDCG@10 of a minus b
+
+
+def _se(summary: dict[str, Any], key: str) -> float:
+    return float(summary.get(f"{key}_se", math.nan))
+
+
+def _difference(doc: dict[str, Any], section: str, a: str, b: str) -> tuple[float, float]:
+    """(mean, s.e.) of a minus b in one result; NaN where the section had no users (no cold-start item)."""
+    mean, se = doc["paired_ndcg@10"][section].get(a, {}).get(b, (math.nan, math.nan))
+    return float(mean), float(se)
+
+
+def compare(results: list[dict[str, Any]], names: list[str]) -> Comparison:
+    """Pool `mmrec evaluate --json` documents (one per data set) over the rankers they all hold."""
+    if not results:
+        raise ValueError("no results to compare")
+    common = [r for r in results[0]["rankers"] if all(r in doc["rankers"] for doc in results)]
+    if not common:
+        raise ValueError("the results have no ranker in common")
+    ndcg: dict[str, dict[str, Pooled]] = {}
+    paired: dict[str, dict[str, dict[str, Pooled]]] = {}
+    for section in SECTIONS:
+        ndcg[section] = {
+            r: Pooled(tuple((float(s["ndcg@10"]), _se(s, "ndcg@10"))
+                            for s in (doc["rankers"][r]["test"][section]["summary"] for doc in results)))
+            for r in common
+        }
+        paired[section] = {
+            a: {b: Pooled(tuple(_difference(doc, section, a, b) for doc in results)) for b in common if b != a}
+            for a in common
+        }
+    return Comparison(tuple(names), tuple(common), ndcg, paired)
+
+
+def format_comparison(comparison: Comparison) -> str:
+    """NDCG@10 per data set and pooled, then every pooled paired difference with its z."""
+    width = max(20, *(len(r) + 2 for r in comparison.rankers))
+    cell = max(9, *(len(n) + 1 for n in comparison.names))
+    lines: list[str] = []
+    for section in SECTIONS:
+        title = "overall" if section == "overall" else "cold-start items"
+        lines.append(f"test NDCG@10, {title}, per data set and pooled ({len(comparison.names)} data sets, each counted once):")
+        lines.append("ranker".ljust(width) + "".join(n.rjust(cell) for n in comparison.names) + "pooled +- s.e.".rjust(20))
+        for r in comparison.rankers:
+            pooled = comparison.ndcg[section][r]
+            values = "".join(f"{v:.4f}".rjust(cell) for v, _ in pooled.per_data)
+            lines.append(r.ljust(width) + values + f"{pooled.mean:.4f} +- {pooled.se:.4f}".rjust(20))
+        lines.append("")
+        lines.append(f"paired NDCG@10 differences, {title} (row minus column, per data set, then pooled +- s.e. and z):")
+        for a in comparison.rankers:
+            for b in comparison.rankers:
+                if a == b:
+                    continue
+                pooled = comparison.paired[section][a][b]
+                per = " ".join(f"{v:+.4f}" for v, _ in pooled.per_data)
+                lines.append(f"  {a} - {b}".ljust(2 * width) + f"{per}   pooled {pooled.mean:+.4f} +- {pooled.se:.4f}  z {pooled.z:+.1f}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def to_json(comparison: Comparison) -> dict[str, Any]:
+    def entry(p: Pooled) -> dict[str, Any]:
+        return {"per_data": [list(v) for v in p.per_data], "mean": p.mean, "se": p.se, "z": p.z}
+
+    return {
+        "data": list(comparison.names),
+        "rankers": list(comparison.rankers),
+        "pooling": "each data set counted once; s.e. = sqrt(sum of squared s.e.) / data sets",
+        "ndcg@10": {s: {r: entry(p) for r, p in comparison.ndcg[s].items()} for s in SECTIONS},
+        "paired_ndcg@10": {s: {a: {b: entry(p) for b, p in row.items()} for a, row in comparison.paired[s].items()} for s in SECTIONS},
+    }
+
+
+def plot(comparison: Comparison, reference: str, path: Path) -> None:
+    """`reference` minus every other ranker: each data set's difference and the pooled one, +- 2 s.e."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [r for r in comparison.rankers if r != reference]
+    fig, axes = plt.subplots(1, len(SECTIONS), figsize=(11, 1.2 + 0.9 * len(others)), squeeze=False)
+    labels = [*comparison.names, "pooled"]
+    for ax, section in zip(axes[0], SECTIONS):
+        for row, other in enumerate(others):
+            pooled = comparison.paired[section][reference][other]
+            points = [*pooled.per_data, (pooled.mean, pooled.se)]
+            for j, (value, se) in enumerate(points):
+                y = row + (j - len(points) / 2) * 0.6 / len(points)
+                pooled_point = j == len(points) - 1
+                ax.errorbar(value, y, xerr=2 * se, fmt="D" if pooled_point else "o", color="black" if pooled_point else f"C{j}",
+                            markersize=6 if pooled_point else 4, capsize=2, label=labels[j] if row == 0 else None)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(others)), [f"minus {o}" for o in others])
+        ax.invert_yaxis()
+        ax.set_title(f"{reference}: NDCG@10 difference, {'overall' if section == 'overall' else 'cold-start items'}")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"paired over users, per data set and pooled ({len(comparison.names)} data sets), bars +- 2 s.e.")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

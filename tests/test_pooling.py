@@ -1,0 +1,88 @@
+"""Rankers compared across data sets (`mmrec compare`): pooled NDCG@10 and paired differences
+against hand-computed values, and end to end on two real `mmrec evaluate --json` results."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmrec.cli import main
+from mmrec.datasets.visual_taste import TINY, generate
+from mmrec.evaluation.pooling import compare
+
+
+def result(ndcg: dict[str, tuple[float, float]], paired: dict[str, dict[str, tuple[float, float]]],
+           cold: bool = True) -> dict[str, Any]:
+    """The parts of an `mmrec evaluate --json` document that pooling reads (cold: the same numbers)."""
+    def section(name: str, value: float, se: float) -> dict[str, Any]:
+        if name == "cold" and not cold:
+            value = se = math.nan
+        return {"summary": {"ndcg@10": value, "ndcg@10_se": se}}
+
+    return {
+        "rankers": {r: {"test": {name: section(name, *v) for name in ("overall", "cold")}} for r, v in ndcg.items()},
+        "paired_ndcg@10": {"overall": paired, "cold": paired if cold else {}},
+    }
+
+
+def test_pooled_values_and_differences_count_each_data_set_once() -> None:
+    first = result({"a": (0.10, 0.01), "b": (0.08, 0.01), "only-here": (0.5, 0.1)},
+                   {"a": {"b": (0.02, 0.006)}, "b": {"a": (-0.02, 0.006)}})
+    second = result({"b": (0.14, 0.01), "a": (0.20, 0.02)}, {"a": {"b": (0.06, 0.008)}, "b": {"a": (-0.06, 0.008)}})
+    comparison = compare([first, second], ["one", "two"])
+    assert comparison.rankers == ("a", "b")  # the rankers every result holds, in the first one's order
+    a_minus_b = comparison.paired["overall"]["a"]["b"]
+    assert a_minus_b.per_data == ((0.02, 0.006), (0.06, 0.008))
+    assert a_minus_b.mean == pytest.approx(0.04)
+    assert a_minus_b.se == pytest.approx(0.005)  # sqrt(0.006^2 + 0.008^2) / 2
+    assert a_minus_b.z == pytest.approx(8.0)
+    assert comparison.paired["overall"]["b"]["a"].z == pytest.approx(-8.0)
+    a = comparison.ndcg["overall"]["a"]
+    assert (a.mean, a.se) == (pytest.approx(0.15), pytest.approx(math.sqrt(0.01**2 + 0.02**2) / 2))
+
+
+def test_a_data_set_without_cold_start_users_makes_the_pooled_cold_numbers_nan_not_an_error() -> None:
+    first = result({"a": (0.1, 0.01), "b": (0.1, 0.01)}, {"a": {"b": (0.0, 0.01)}, "b": {"a": (0.0, 0.01)}})
+    second = result({"a": (0.1, 0.01), "b": (0.1, 0.01)}, {"a": {"b": (0.0, 0.01)}, "b": {"a": (0.0, 0.01)}}, cold=False)
+    comparison = compare([first, second], ["one", "two"])
+    assert math.isnan(comparison.paired["cold"]["a"]["b"].mean) and math.isnan(comparison.ndcg["cold"]["a"].mean)
+    assert comparison.paired["overall"]["a"]["b"].mean == 0.0 and comparison.paired["overall"]["a"]["b"].z == 0.0
+
+
+def test_results_with_no_ranker_in_common_are_refused() -> None:
+    with pytest.raises(ValueError, match="no ranker in common"):
+        compare([result({"a": (0.1, 0.01)}, {}), result({"b": (0.1, 0.01)}, {})], ["one", "two"])
+
+
+@pytest.mark.usefixtures("fashion_mnist")
+def test_compare_command_pools_two_real_evaluations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MMREC_DATA_DIR", str(tmp_path / "var"))
+    files = []
+    for seed in (0, 1):
+        folder = tmp_path / f"tiny-{seed}"
+        generate(folder, dataclasses.replace(TINY, seed=seed))
+        files.append(tmp_path / f"r{seed}.json")
+        assert main(["evaluate", str(folder), "--rankers", "most-popular,oracle", "--json", str(files[-1])]) == 0
+    capsys.readouterr()
+    args = ["compare", *map(str, files), "--names", "s0,s1", "--reference", "oracle",
+            "--json", str(tmp_path / "pooled.json"), "--plot", str(tmp_path / "pooled.png")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "oracle - most-popular" in out and "pooled" in out
+    pooled = json.loads((tmp_path / "pooled.json").read_text())
+    documents = [json.loads(f.read_text()) for f in files]
+    per_data = [d["paired_ndcg@10"]["overall"]["oracle"]["most-popular"] for d in documents]
+    entry = pooled["paired_ndcg@10"]["overall"]["oracle"]["most-popular"]
+    assert entry["per_data"] == per_data
+    assert entry["mean"] == pytest.approx((per_data[0][0] + per_data[1][0]) / 2)
+    assert entry["se"] == pytest.approx(math.hypot(per_data[0][1], per_data[1][1]) / 2)
+    ndcg = [d["rankers"]["oracle"]["test"]["overall"]["summary"]["ndcg@10"] for d in documents]
+    assert pooled["ndcg@10"]["overall"]["oracle"]["mean"] == pytest.approx(sum(ndcg) / 2)
+    assert (tmp_path / "pooled.png").stat().st_size > 10_000
+    assert main(["compare", *map(str, files), "--plot", str(tmp_path / "x.png"), "--reference", "vbpr"]) == 2
+    assert "--reference vbpr is not in every result" in capsys.readouterr().err
