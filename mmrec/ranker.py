@@ -7,6 +7,7 @@ docs/design.md).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -123,4 +124,13 @@ HYBRID_SPEC = RankerSpec(
     ),
     requires=frozenset({"media"}),
     description="the hybrid extension: the patent model + collaborative factors, pairwise objective, item memory fitted first, modality dropout (docs/design.md)",
+)
+
+# The same point with 16 channels per layer: more visual capacity for new items, at some cost on
+# known ones (docs/visual-taste.md, "Confirmatory study", second round).
+HYBRID_D16_SPEC = dataclasses.replace(
+    HYBRID_SPEC,
+    name="mmrec-hybrid-d16",
+    grid=tuple({**point, "channels": 16} for point in HYBRID_SPEC.grid),
+    description="the hybrid extension at 16 channels per layer (docs/visual-taste.md, confirmatory study)",
 )
