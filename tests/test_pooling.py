@@ -85,4 +85,6 @@ def test_compare_command_pools_two_real_evaluations(tmp_path: Path, monkeypatch:
     assert pooled["ndcg@10"]["overall"]["oracle"]["mean"] == pytest.approx(sum(ndcg) / 2)
     assert (tmp_path / "pooled.png").stat().st_size > 10_000
     assert main(["compare", *map(str, files), "--plot", str(tmp_path / "x.png"), "--reference", "vbpr"]) == 2
-    assert "--reference vbpr is not in every result" in capsys.readouterr().err
+    assert "vbpr not in every result (most-popular, oracle)" in capsys.readouterr().err
+    assert main(["compare", *map(str, files), "--plot", str(tmp_path / "x.png"), "--reference", "oracle", "--against", "bpr-mf"]) == 2
+    assert not (tmp_path / "x.png").exists()

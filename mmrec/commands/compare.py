@@ -1,6 +1,6 @@
 """`mmrec compare RESULT.json ...`: rankers across several data sets, from their `mmrec evaluate --json`.
 
-    mmrec compare a.json b.json c.json [--json pooled.json] [--plot differences.png --reference NAME]
+    mmrec compare a.json b.json c.json [--json pooled.json] [--plot differences.png --reference NAME --against A,B]
 
 Prints each ranker's test NDCG@10 per data set and pooled, and every paired difference per data set
 and pooled with its standard error and z (mmrec/evaluation/pooling.py says how). The plot draws the
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write the pooled numbers here")
     parser.add_argument("--plot", type=Path, help="write the reference's differences here (PNG)")
     parser.add_argument("--reference", default="mmrec-hybrid", help="the ranker the plot subtracts the others from")
+    parser.add_argument("--against", help="comma-separated rankers the plot subtracts (default: every other one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,15 +36,18 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"mmrec compare: {exc}", file=sys.stderr)
         return 2
-    if args.plot and args.reference not in comparison.rankers:
-        print(f"mmrec compare: --reference {args.reference} is not in every result ({', '.join(comparison.rankers)})", file=sys.stderr)
-        return 2
+    against = args.against.split(",") if args.against else None
+    if args.plot:
+        missing = [r for r in [args.reference, *(against or [])] if r not in comparison.rankers]
+        if missing:
+            print(f"mmrec compare: {', '.join(missing)} not in every result ({', '.join(comparison.rankers)})", file=sys.stderr)
+            return 2
     print(format_comparison(comparison))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(to_json(comparison), indent=2, allow_nan=True) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
-        plot(comparison, args.reference, args.plot)
+        plot(comparison, args.reference, args.plot, against)
         print(f"wrote {args.plot}")
     return 0

@@ -117,14 +117,15 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
     }
 
 
-def plot(comparison: Comparison, reference: str, path: Path) -> None:
-    """`reference` minus every other ranker: each data set's difference and the pooled one, +- 2 s.e."""
+def plot(comparison: Comparison, reference: str, path: Path, others: list[str] | None = None) -> None:
+    """`reference` minus each of `others` (default: every other ranker): each data set's difference
+    and the pooled one, +- 2 s.e."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = [r for r in comparison.rankers if r != reference]
+    others = others or [r for r in comparison.rankers if r != reference]
     fig, axes = plt.subplots(1, len(SECTIONS), figsize=(11, 1.2 + 0.9 * len(others)), squeeze=False)
     labels = [*comparison.names, "pooled"]
     for ax, section in zip(axes[0], SECTIONS):
@@ -139,10 +140,11 @@ def plot(comparison: Comparison, reference: str, path: Path) -> None:
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(range(len(others)), [f"minus {o}" for o in others])
         ax.invert_yaxis()
-        ax.set_title(f"{reference}: NDCG@10 difference, {'overall' if section == 'overall' else 'cold-start items'}")
+        ax.set_title("overall" if section == "overall" else "cold-start items")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"paired over users, per data set and pooled ({len(comparison.names)} data sets), bars +- 2 s.e.")
+    fig.suptitle(f"test NDCG@10 of {reference} minus each other ranker, paired over users: per data set and pooled "
+                 f"({len(comparison.names)} data sets), bars +- 2 s.e.", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
