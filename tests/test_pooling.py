@@ -40,6 +40,7 @@ def test_pooled_values_and_differences_count_each_data_set_once() -> None:
     assert a_minus_b.mean == pytest.approx(0.04)
     assert a_minus_b.se == pytest.approx(0.005)  # sqrt(0.006^2 + 0.008^2) / 2
     assert a_minus_b.z == pytest.approx(8.0)
+    assert a_minus_b.spread_se == pytest.approx(0.02)  # sd of (0.02, 0.06) is 0.02 * sqrt(2), over sqrt(2)
     assert comparison.paired["overall"]["b"]["a"].z == pytest.approx(-8.0)
     a = comparison.ndcg["overall"]["a"]
     assert (a.mean, a.se) == (pytest.approx(0.15), pytest.approx(math.sqrt(0.01**2 + 0.02**2) / 2))
@@ -81,6 +82,7 @@ def test_compare_command_pools_two_real_evaluations(tmp_path: Path, monkeypatch:
     assert entry["per_data"] == per_data
     assert entry["mean"] == pytest.approx((per_data[0][0] + per_data[1][0]) / 2)
     assert entry["se"] == pytest.approx(math.hypot(per_data[0][1], per_data[1][1]) / 2)
+    assert entry["spread_se"] == pytest.approx(abs(per_data[0][0] - per_data[1][0]) / 2)
     ndcg = [d["rankers"]["oracle"]["test"]["overall"]["summary"]["ndcg@10"] for d in documents]
     assert pooled["ndcg@10"]["overall"]["oracle"]["mean"] == pytest.approx(sum(ndcg) / 2)
     assert (tmp_path / "pooled.png").stat().st_size > 10_000

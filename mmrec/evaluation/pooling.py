@@ -3,6 +3,7 @@
 Each data set counts once (not by its number of users): a ranker's pooled NDCG@10 is the mean of its
 per-data-set values, and a pooled paired difference is the mean of the per-data-set paired
 differences, with standard error sqrt(sum of their squared standard errors) / (number of data sets).
+A second standard error, from the spread of the per-data-set values, is reported beside it.
 """
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ class Pooled:
     @property
     def se(self) -> float:
         return math.sqrt(sum(s * s for _, s in self.per_data)) / len(self.per_data)
+
+    @property
+    def spread_se(self) -> float:
+        """Standard error from the spread of the per-data-set values (sd / sqrt(count)): it also holds
+        what varies between data sets and training runs, which the users' standard errors do not."""
+        n = len(self.per_data)
+        if n < 2:
+            return math.nan
+        return math.sqrt(sum((v - self.mean) ** 2 for v, _ in self.per_data) / (n - 1) / n)
 
     @property
     def z(self) -> float:
@@ -99,19 +109,20 @@ def format_comparison(comparison: Comparison) -> str:
                     continue
                 pooled = comparison.paired[section][a][b]
                 per = " ".join(f"{v:+.4f}" for v, _ in pooled.per_data)
-                lines.append(f"  {a} - {b}".ljust(2 * width) + f"{per}   pooled {pooled.mean:+.4f} +- {pooled.se:.4f}  z {pooled.z:+.1f}")
+                lines.append(f"  {a} - {b}".ljust(2 * width) + f"{per}   pooled {pooled.mean:+.4f} +- {pooled.se:.4f}  z {pooled.z:+.1f}"
+                             f"  (s.e. from the spread {pooled.spread_se:.4f})")
         lines.append("")
     return "\n".join(lines).rstrip()
 
 
 def to_json(comparison: Comparison) -> dict[str, Any]:
     def entry(p: Pooled) -> dict[str, Any]:
-        return {"per_data": [list(v) for v in p.per_data], "mean": p.mean, "se": p.se, "z": p.z}
+        return {"per_data": [list(v) for v in p.per_data], "mean": p.mean, "se": p.se, "z": p.z, "spread_se": p.spread_se}
 
     return {
         "data": list(comparison.names),
         "rankers": list(comparison.rankers),
-        "pooling": "each data set counted once; s.e. = sqrt(sum of squared s.e.) / data sets",
+        "pooling": "each data set counted once; se = sqrt(sum of squared s.e.) / data sets; spread_se = sd of the per-data-set values / sqrt(data sets)",
         "ndcg@10": {s: {r: entry(p) for r, p in comparison.ndcg[s].items()} for s in SECTIONS},
         "paired_ndcg@10": {s: {a: {b: entry(p) for b, p in row.items()} for a, row in comparison.paired[s].items()} for s in SECTIONS},
     }
