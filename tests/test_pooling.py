@@ -74,7 +74,7 @@ def test_compare_command_pools_two_real_evaluations(tmp_path: Path, monkeypatch:
             "--json", str(tmp_path / "pooled.json"), "--plot", str(tmp_path / "pooled.png")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "oracle - most-popular" in out and "pooled" in out
+    assert "most-popular - oracle" in out and "oracle - most-popular" not in out  # each pair once, in the results order
     pooled = json.loads((tmp_path / "pooled.json").read_text())
     documents = [json.loads(f.read_text()) for f in files]
     per_data = [d["paired_ndcg@10"]["overall"]["oracle"]["most-popular"] for d in documents]

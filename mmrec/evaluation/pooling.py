@@ -89,7 +89,7 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> Comparison:
 
 
 def format_comparison(comparison: Comparison) -> str:
-    """NDCG@10 per data set and pooled, then every pooled paired difference with its z."""
+    """NDCG@10 per data set and pooled, then each pair's difference (earlier ranker minus later) with its z."""
     width = max(20, *(len(r) + 2 for r in comparison.rankers))
     cell = max(9, *(len(n) + 1 for n in comparison.names))
     lines: list[str] = []
@@ -102,11 +102,9 @@ def format_comparison(comparison: Comparison) -> str:
             values = "".join(f"{v:.4f}".rjust(cell) for v, _ in pooled.per_data)
             lines.append(r.ljust(width) + values + f"{pooled.mean:.4f} +- {pooled.se:.4f}".rjust(20))
         lines.append("")
-        lines.append(f"paired NDCG@10 differences, {title} (row minus column, per data set, then pooled +- s.e. and z):")
-        for a in comparison.rankers:
-            for b in comparison.rankers:
-                if a == b:
-                    continue
+        lines.append(f"paired NDCG@10 differences, {title} (per data set, then pooled +- s.e. and z):")
+        for i, a in enumerate(comparison.rankers):
+            for b in comparison.rankers[i + 1:]:
                 pooled = comparison.paired[section][a][b]
                 per = " ".join(f"{v:+.4f}" for v, _ in pooled.per_data)
                 lines.append(f"  {a} - {b}".ljust(2 * width) + f"{per}   pooled {pooled.mean:+.4f} +- {pooled.se:.4f}  z {pooled.z:+.1f}"
