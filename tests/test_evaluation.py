@@ -184,7 +184,7 @@ def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path
     args = ["evaluate", str(tiny), "--prequential", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    names = {"mmrec", "mmrec-hybrid", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}
+    names = {"mmrec", "mmrec-hybrid", "mmrec-hybrid-d16", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}
     for name in names:
         assert f"\n{name} " in out
     report = json.loads((tmp_path / "r.json").read_text())
@@ -198,6 +198,7 @@ def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path
     cache = list((tmp_path / "var" / "evaluation").glob("*/maps.sqlite3"))
     assert len(cache) == 1
     assert report["rankers"]["mmrec-hybrid"]["params"]["memory_epochs"] == 8  # the registered point
+    assert report["rankers"]["mmrec-hybrid-d16"]["params"] == {**report["rankers"]["mmrec-hybrid"]["params"], "channels": 16}
     # Own data: the same log and media as a plain file and folder; the references need what it lacks.
     own = ["evaluate", "--interactions", str(tiny / "interactions.csv"), "--media", str(tiny / "media"),
            "--rankers", "most-popular,vbpr"]
