@@ -150,24 +150,20 @@ def test_a_refresher_that_is_behind_waits_for_full_batches_and_one_that_keeps_up
     def note(i: int, age_s: float) -> None:
         refresher.note(f"u{i}", state(i), 0, Trigger(kind="interaction", event_id=f"e{i}"), time.time() - age_s, True)
 
-    async def sent(count: int) -> None:
-        while len(topic.sent) < count:
-            await asyncio.sleep(0.005)
-
     async def scenario() -> float:
         task = asyncio.create_task(refresher.run())
         note(0, age_s=0.0), note(1, age_s=0.0)  # keeping up: no wait
-        await asyncio.wait_for(sent(2), timeout=0.75)
+        await asyncio.wait_for(_until(lambda: len(topic.sent) >= 2), timeout=0.75)
         assert calls == [2]
         note(2, age_s=5.0), note(3, age_s=5.0)  # behind: waits for a third
         await asyncio.sleep(0.1)
         assert calls == [2] and len(topic.sent) == 2
         note(4, age_s=0.0)
-        await asyncio.wait_for(sent(5), timeout=5)
+        await asyncio.wait_for(_until(lambda: len(topic.sent) >= 5), timeout=5)
         assert calls == [2, 3]
         started = time.monotonic()
         note(5, age_s=5.0)  # behind and alone: waits out the fill, then goes
-        await asyncio.wait_for(sent(6), timeout=5)
+        await asyncio.wait_for(_until(lambda: len(topic.sent) >= 6), timeout=5)
         task.cancel()
         return time.monotonic() - started
 

@@ -56,8 +56,10 @@ class Comparison:
     paired: dict[str, dict[str, dict[str, Pooled]]]  # section -> a -> b -> NDCG@10 of a minus b
 
 
-def _se(summary: dict[str, Any], key: str) -> float:
-    return float(summary.get(f"{key}_se", math.nan))
+def _ndcg(doc: dict[str, Any], section: str, ranker: str) -> tuple[float, float]:
+    """(NDCG@10, its s.e. over users) of one ranker in one result."""
+    summary = doc["rankers"][ranker]["test"][section]["summary"]
+    return float(summary["ndcg@10"]), float(summary.get("ndcg@10_se", math.nan))
 
 
 def _difference(doc: dict[str, Any], section: str, a: str, b: str) -> tuple[float, float]:
@@ -76,11 +78,7 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> Comparison:
     ndcg: dict[str, dict[str, Pooled]] = {}
     paired: dict[str, dict[str, dict[str, Pooled]]] = {}
     for section in SECTIONS:
-        ndcg[section] = {
-            r: Pooled(tuple((float(s["ndcg@10"]), _se(s, "ndcg@10"))
-                            for s in (doc["rankers"][r]["test"][section]["summary"] for doc in results)))
-            for r in common
-        }
+        ndcg[section] = {r: Pooled(tuple(_ndcg(doc, section, r) for doc in results)) for r in common}
         paired[section] = {
             a: {b: Pooled(tuple(_difference(doc, section, a, b) for doc in results)) for b in common if b != a}
             for a in common
