@@ -13,6 +13,7 @@ from mmrec.evaluation.protocol import RankerSpec
 RANKERS: dict[str, str] = {
     "mmrec": "mmrec.ranker:SPEC",
     "mmrec-hybrid": "mmrec.ranker:HYBRID_SPEC",
+    "mmrec-hybrid-d12": "mmrec.ranker:HYBRID_D12_SPEC",
     "mmrec-hybrid-d16": "mmrec.ranker:HYBRID_D16_SPEC",
     "most-popular": "mmrec.baselines.popularity:SPEC",
     "bpr-mf": "mmrec.baselines.factor:BPR_MF",
