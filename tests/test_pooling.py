@@ -90,3 +90,40 @@ def test_compare_command_pools_two_real_evaluations(tmp_path: Path, monkeypatch:
     assert "vbpr not in every result (most-popular, oracle)" in capsys.readouterr().err
     assert main(["compare", *map(str, files), "--plot", str(tmp_path / "x.png"), "--reference", "oracle", "--against", "bpr-mf"]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.usefixtures("fashion_mnist")
+def test_runs_on_one_data_set_are_merged_and_paired_over_the_same_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MMREC_DATA_DIR", str(tmp_path / "var"))
+    folders = [tmp_path / "tiny-0", tmp_path / "tiny-1"]
+    for seed, folder in enumerate(folders):
+        generate(folder, dataclasses.replace(TINY, seed=seed))
+    runs = {"both": (folders[0], "most-popular,oracle"), "again": (folders[0], "most-popular"), "other": (folders[1], "oracle")}
+    for stem, (folder, rankers) in runs.items():
+        assert main(["evaluate", str(folder), "--rankers", rankers, "--json", str(tmp_path / f"{stem}.json")]) == 0
+    both = json.loads((tmp_path / "both.json").read_text())
+    per_user = both["rankers"]["oracle"]["test"]["overall"]["ndcg@10_per_user"]
+    assert len(per_user) == both["counts"]["test_users"]
+    assert sum(per_user) / len(per_user) == pytest.approx(both["rankers"]["oracle"]["test"]["overall"]["summary"]["ndcg@10"], abs=1e-6)
+    capsys.readouterr()
+
+    # The oracle of one run against most-popular of another: the same pair as inside the first run.
+    merged = f"{tmp_path / 'both.json'}+{tmp_path / 'again.json'}"
+    assert main(["compare", merged, "--json", str(tmp_path / "merged.json")]) == 0
+    pooled = json.loads((tmp_path / "merged.json").read_text())
+    assert pooled["data"] == ["both+again"] and pooled["rankers"] == ["most-popular", "oracle", "most-popular@again"]
+    for section in ("overall", "cold"):
+        across = pooled["paired_ndcg@10"][section]["oracle"]["most-popular@again"]["per_data"][0]
+        within = both["paired_ndcg@10"][section]["oracle"]["most-popular"]
+        assert across == pytest.approx(within, abs=1e-6)
+        assert pooled["paired_ndcg@10"][section]["most-popular"]["most-popular@again"]["mean"] == 0.0
+
+    # Runs on different data sets, or from before per-user values were written, are refused.
+    assert main(["compare", f"{tmp_path / 'both.json'}+{tmp_path / 'other.json'}"]) == 2
+    assert "other is not a run on the same data set and split as both" in capsys.readouterr().err
+    old = json.loads((tmp_path / "again.json").read_text())
+    del old["rankers"]["most-popular"]["test"]["overall"]["ndcg@10_per_user"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert main(["compare", f"{tmp_path / 'both.json'}+{tmp_path / 'old.json'}"]) == 2
+    assert "old holds no per-user values" in capsys.readouterr().err

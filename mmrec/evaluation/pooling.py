@@ -4,6 +4,10 @@ Each data set counts once (not by its number of users): a ranker's pooled NDCG@1
 per-data-set values, and a pooled paired difference is the mean of the per-data-set paired
 differences, with standard error sqrt(sum of their squared standard errors) / (number of data sets).
 A second standard error, from the spread of the per-data-set values, is reported beside it.
+
+Several runs on one data set (e.g. one ranker rerun with other features) are first merged into one
+result: their rankers side by side, every pair's difference recomputed over the same users from the
+per-user NDCG@10 each run wrote.
 """
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from mmrec.evaluation.report import paired_differences
 
 SECTIONS = ("overall", "cold")
 
@@ -66,6 +74,29 @@ def _difference(doc: dict[str, Any], section: str, a: str, b: str) -> tuple[floa
     """(mean, s.e.) of a minus b in one result; NaN where the section had no users (no cold-start item)."""
     mean, se = doc["paired_ndcg@10"][section].get(a, {}).get(b, (math.nan, math.nan))
     return float(mean), float(se)
+
+
+def merge(documents: list[dict[str, Any]], stems: list[str]) -> dict[str, Any]:
+    """One result from several `mmrec evaluate --json` runs on the same data set and split.
+
+    A ranker name an earlier run already holds is kept as "name@stem" (stem: that run's file name).
+    Raises ValueError when the runs differ in data, split or counts, or one lacks per-user values.
+    """
+    first = documents[0]
+    merged: dict[str, Any] = {**first, "rankers": {}}
+    for doc, stem in zip(documents, stems):
+        if any(doc.get(key) != first.get(key) for key in ("data", "split", "counts")):
+            raise ValueError(f"{stem} is not a run on the same data set and split as {stems[0]}")
+        for name, entry in doc["rankers"].items():
+            if "ndcg@10_per_user" not in entry["test"]["overall"]:
+                raise ValueError(f"{stem} holds no per-user values (written by an older mmrec evaluate); run it again to merge it")
+            merged["rankers"][f"{name}@{stem}" if name in merged["rankers"] else name] = entry
+    merged["paired_ndcg@10"] = {}
+    for section in SECTIONS:
+        per_user = {name: np.asarray(entry["test"][section]["ndcg@10_per_user"], dtype=np.float64)
+                    for name, entry in merged["rankers"].items()}
+        merged["paired_ndcg@10"][section] = paired_differences({n: v for n, v in per_user.items() if v.size})
+    return merged
 
 
 def compare(results: list[dict[str, Any]], names: list[str]) -> Comparison:

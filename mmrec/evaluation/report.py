@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mmrec.evaluation.metrics import UserRankings
 from mmrec.evaluation.runner import Evaluation
 
@@ -53,13 +55,11 @@ def format_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def paired(evaluation: Evaluation, section: str, k: int = 10) -> dict[str, dict[str, tuple[float, float]]]:
-    """NDCG@k of ranker a minus ranker b over the same users (or events): {a: {b: (mean, s.e.)}}.
+def paired_differences(per_user: dict[str, np.ndarray]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Every ranker's per-user metric minus every other's over the same users: {a: {b: (mean, s.e.)}}.
 
-    Every ranker is ranked for the same users in the same order (the task depends on the data only),
-    so the per-user differences pair up; section: "overall" or "cold".
+    per_user: ranker -> (U,) values, the same U users in the same order for every ranker.
     """
-    per_user = {r.name: getattr(r.test, section).ndcg(k) for r in evaluation.results if len(getattr(r.test, section))}
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for a, va in per_user.items():
         out[a] = {}
@@ -68,6 +68,15 @@ def paired(evaluation: Evaluation, section: str, k: int = 10) -> dict[str, dict[
             se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
             out[a][b] = (float(diff.mean()), se)
     return out
+
+
+def paired(evaluation: Evaluation, section: str, k: int = 10) -> dict[str, dict[str, tuple[float, float]]]:
+    """NDCG@k of ranker a minus ranker b over the same users: {a: {b: (mean, s.e.)}}.
+
+    Every ranker is ranked for the same users in the same order (the task depends on the data only),
+    so the per-user differences pair up; section: "overall" or "cold".
+    """
+    return paired_differences({r.name: getattr(r.test, section).ndcg(k) for r in evaluation.results if len(getattr(r.test, section))})
 
 
 def format_paired(evaluation: Evaluation, section: str) -> str:
@@ -89,6 +98,11 @@ def to_json(evaluation: Evaluation) -> dict[str, Any]:
     def rankings(r: UserRankings) -> dict[str, Any]:
         return {"summary": r.summary(), "curves": r.curves()}
 
+    def tested(r: UserRankings) -> dict[str, Any]:
+        """With each test user's NDCG@10, in the task's user order, so that `mmrec compare` can pair
+        rankers of separate runs on the same data and split."""
+        return {**rankings(r), "ndcg@10_per_user": [round(float(v), 6) for v in r.ndcg(10)]}
+
     out: dict[str, Any] = {
         "data": evaluation.data_name,
         "split": {"validation_start": _when(evaluation.split.validation_start), "test_start": _when(evaluation.split.test_start)},
@@ -106,7 +120,7 @@ def to_json(evaluation: Evaluation) -> dict[str, Any]:
             "tuning": result.tuning,
             "fit_seconds": result.fit_seconds,
             "score_seconds": result.score_seconds,
-            "test": {"overall": rankings(result.test.overall), "cold": rankings(result.test.cold)},
+            "test": {"overall": tested(result.test.overall), "cold": tested(result.test.cold)},
         }
         if result.prequential is not None:
             entry["prequential"] = {
