@@ -163,6 +163,15 @@ def test_registry_loads_every_spec_and_a_new_one_is_one_line(monkeypatch: pytest
     assert registry.load_spec("fixed") is SPEC
 
 
+def test_the_study_variants_are_the_registered_hybrid_point_at_other_channels_and_run_when_named() -> None:
+    hybrid = registry.load_spec("mmrec-hybrid")
+    assert registry.STUDY_VARIANTS == {"mmrec-hybrid-d12", "mmrec-hybrid-d16"}
+    for name, channels in (("mmrec-hybrid-d12", 12), ("mmrec-hybrid-d16", 16)):
+        assert registry.load_spec(name).grid == tuple({**point, "channels": channels} for point in hybrid.grid)
+        assert name not in registry.DEFAULT
+    assert hybrid.grid[0]["channels"] == 8 and "mmrec-hybrid" in registry.DEFAULT
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, fashion_mnist: None) -> Path:
     out = tmp_path_factory.mktemp("tiny")
@@ -184,7 +193,7 @@ def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path
     args = ["evaluate", str(tiny), "--prequential", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    names = {"mmrec", "mmrec-hybrid", "mmrec-hybrid-d16", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}
+    names = {"mmrec", "mmrec-hybrid", "most-popular", "bpr-mf", "vbpr", "perfect-perception", "oracle"}  # not the study's variants
     for name in names:
         assert f"\n{name} " in out
     report = json.loads((tmp_path / "r.json").read_text())
@@ -198,7 +207,6 @@ def test_evaluate_command_on_the_benchmark_and_on_own_files(tiny: Path, tmp_path
     cache = list((tmp_path / "var" / "evaluation").glob("*/maps.sqlite3"))
     assert len(cache) == 1
     assert report["rankers"]["mmrec-hybrid"]["params"]["memory_epochs"] == 8  # the registered point
-    assert report["rankers"]["mmrec-hybrid-d16"]["params"] == {**report["rankers"]["mmrec-hybrid"]["params"], "channels": 16}
     # Own data: the same log and media as a plain file and folder; the references need what it lacks.
     own = ["evaluate", "--interactions", str(tiny / "interactions.csv"), "--media", str(tiny / "media"),
            "--rankers", "most-popular,vbpr"]

@@ -19,7 +19,7 @@ import torch
 
 from mmrec.evaluation.data import EvaluationData
 from mmrec.evaluation.features import MediaFailures
-from mmrec.evaluation.registry import RANKERS, load_spec
+from mmrec.evaluation.registry import DEFAULT, RANKERS, load_spec
 from mmrec.evaluation.report import format_paired, format_table, plot, write_json
 from mmrec.evaluation.runner import Evaluation, evaluate_ranker, split_counts
 from mmrec.evaluation.split import TemporalSplit
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", nargs="?", type=Path, help="data folder: interactions.csv|.parquet and media/")
     parser.add_argument("--interactions", type=Path, help="interaction log (.csv or .parquet) instead of a folder")
     parser.add_argument("--media", type=Path, help="media folder (<media_id>.<ext>) for --interactions; default: its uri column")
-    parser.add_argument("--rankers", help=f"comma-separated subset of: {', '.join(RANKERS)} (default: all the data supports)")
+    parser.add_argument("--rankers", help=f"comma-separated subset of: {', '.join(RANKERS)} (default: {', '.join(DEFAULT)}, those the data supports)")
     parser.add_argument("--validation", type=float, default=0.7, help="event-time quantile where validation starts")
     parser.add_argument("--test", type=float, default=0.8, help="event-time quantile where the test period starts")
     parser.add_argument("--prequential", action="store_true", help="also replay the test events: score each, then learn from it")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             data = EvaluationData.from_files(args.interactions, args.media, settings, cache, args.seed)
         split = TemporalSplit.at_quantiles(data.log, args.validation, args.test)
-        names = args.rankers.split(",") if args.rankers else list(RANKERS)
+        names = args.rankers.split(",") if args.rankers else list(DEFAULT)
         specs = [load_spec(name.strip()) for name in names]
         features = Evaluation.features
         if args.own_projection:
