@@ -165,11 +165,11 @@ def test_registry_loads_every_spec_and_a_new_one_is_one_line(monkeypatch: pytest
 
 def test_the_study_variants_are_the_registered_hybrid_point_at_other_channels_and_run_when_named() -> None:
     hybrid = registry.load_spec("mmrec-hybrid")
-    assert registry.STUDY_VARIANTS == {"mmrec-hybrid-d12", "mmrec-hybrid-d16"}
-    for name, channels in (("mmrec-hybrid-d12", 12), ("mmrec-hybrid-d16", 16)):
+    assert registry.STUDY_VARIANTS == {"mmrec-hybrid-d8", "mmrec-hybrid-d12", "mmrec-hybrid-d16"}
+    for name, channels in (("mmrec-hybrid-d8", 8), ("mmrec-hybrid-d12", 12), ("mmrec-hybrid-d16", 16)):
         assert registry.load_spec(name).grid == tuple({**point, "channels": channels} for point in hybrid.grid)
         assert name not in registry.DEFAULT
-    assert hybrid.grid[0]["channels"] == 8 and "mmrec-hybrid" in registry.DEFAULT
+    assert hybrid.grid[0]["channels"] == 12 and "mmrec-hybrid" in registry.DEFAULT  # since the third round
 
 
 @pytest.fixture(scope="module")

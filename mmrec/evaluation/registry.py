@@ -13,6 +13,7 @@ from mmrec.evaluation.protocol import RankerSpec
 RANKERS: dict[str, str] = {
     "mmrec": "mmrec.ranker:SPEC",
     "mmrec-hybrid": "mmrec.ranker:HYBRID_SPEC",
+    "mmrec-hybrid-d8": "mmrec.ranker:HYBRID_D8_SPEC",
     "mmrec-hybrid-d12": "mmrec.ranker:HYBRID_D12_SPEC",
     "mmrec-hybrid-d16": "mmrec.ranker:HYBRID_D16_SPEC",
     "most-popular": "mmrec.baselines.popularity:SPEC",
@@ -23,7 +24,7 @@ RANKERS: dict[str, str] = {
 }
 
 # The registered hybrid point at other channel counts (docs/visual-taste.md): evaluated when named.
-STUDY_VARIANTS = frozenset({"mmrec-hybrid-d12", "mmrec-hybrid-d16"})
+STUDY_VARIANTS = frozenset({"mmrec-hybrid-d8", "mmrec-hybrid-d12", "mmrec-hybrid-d16"})
 DEFAULT = tuple(name for name in RANKERS if name not in STUDY_VARIANTS)
 
 
