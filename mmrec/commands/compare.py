@@ -4,9 +4,10 @@
     mmrec compare a.json+a-other-features.json b.json+b-other-features.json ...
 
 Files joined by "+" are runs on one data set: their rankers are paired over the same users (a name
-a run already holds comes back as "name@file-stem"). Prints each ranker's test NDCG@10 per data set and pooled, and every paired difference per data set
-and pooled with its standard error and z (mmrec/evaluation/pooling.py says how). The plot draws the
-reference ranker minus each other one, per data set and pooled, +- 2 standard errors.
+an earlier run already holds comes back as "name@file-stem"). Prints each ranker's test NDCG@10 per
+data set and pooled, and every paired difference per data set and pooled with its standard error
+and z (mmrec/evaluation/pooling.py says how). The plot draws the reference ranker minus each other
+one, per data set and pooled, +- 2 standard errors.
 """
 from __future__ import annotations
 
