@@ -93,9 +93,8 @@ def merge(documents: list[dict[str, Any]], stems: list[str]) -> dict[str, Any]:
             merged["rankers"][f"{name}@{stem}" if name in merged["rankers"] else name] = entry
     merged["paired_ndcg@10"] = {}
     for section in SECTIONS:
-        per_user = {name: np.asarray(entry["test"][section]["ndcg@10_per_user"], dtype=np.float64)
-                    for name, entry in merged["rankers"].items()}
-        merged["paired_ndcg@10"][section] = paired_differences({n: v for n, v in per_user.items() if v.size})
+        merged["paired_ndcg@10"][section] = paired_differences(
+            {name: np.asarray(entry["test"][section]["ndcg@10_per_user"], dtype=np.float64) for name, entry in merged["rankers"].items()})
     return merged
 
 

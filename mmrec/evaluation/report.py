@@ -58,8 +58,10 @@ def format_table(evaluation: Evaluation) -> str:
 def paired_differences(per_user: dict[str, np.ndarray]) -> dict[str, dict[str, tuple[float, float]]]:
     """Every ranker's per-user metric minus every other's over the same users: {a: {b: (mean, s.e.)}}.
 
-    per_user: ranker -> (U,) values, the same U users in the same order for every ranker.
+    per_user: ranker -> (U,) values, the same U users in the same order for every ranker; a section
+    without users (U = 0: no cold-start item) gives no pairs.
     """
+    per_user = {name: values for name, values in per_user.items() if values.size}
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for a, va in per_user.items():
         out[a] = {}
@@ -76,7 +78,7 @@ def paired(evaluation: Evaluation, section: str, k: int = 10) -> dict[str, dict[
     Every ranker is ranked for the same users in the same order (the task depends on the data only),
     so the per-user differences pair up; section: "overall" or "cold".
     """
-    return paired_differences({r.name: getattr(r.test, section).ndcg(k) for r in evaluation.results if len(getattr(r.test, section))})
+    return paired_differences({r.name: getattr(r.test, section).ndcg(k) for r in evaluation.results})
 
 
 def format_paired(evaluation: Evaluation, section: str) -> str:
